@@ -1,0 +1,1 @@
+"""NeiroSynth desktop application (Qt). Reads the engine; the engine never imports it."""

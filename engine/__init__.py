@@ -1,0 +1,1 @@
+"""NeiroSynth engine: FDTD body simulation, voices, MIDI, audio, presets. Imports no Qt."""
