@@ -1,0 +1,245 @@
+"""The GPU backend: every active voice advances a whole block in one wgpu dispatch.
+
+The kernel is ``shaders/fdtd.wgsl``; its float64 twin is :class:`engine.reference.ReferenceFdtd`
+(the scheme is in the docstring of :mod:`engine.reference`). One block is:
+
+1. ``queue.write_buffer`` of the block's headers, records, events and force
+   (:class:`~engine.block.BlockPlan`, a few KiB);
+2. one compute pass with one workgroup per voice, running ``n_samples × steps_per_sample``
+   steps each, then a copy of the used part of the pickup buffer into a staging buffer;
+3. one ``map_sync`` of that staging buffer, copied into a preallocated numpy array.
+
+Every GPU buffer is created in ``__init__`` for the largest block (``max_voices``,
+``block_frames``, ``max_steps_per_sample``); a block creates none (``queue.read_buffer`` would
+create and destroy one per call, so it is not used). Material maps stay resident in
+``n_map_slots`` slots; voices pick two and a morph weight per record, so morphing never
+re-uploads a map. Voice fields persist in ``fields`` between blocks and can be read back for a
+live view (:meth:`GpuFdtd.read_fields`).
+
+Public API: ``GpuFdtd``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import wgpu
+
+from .block import EVENT_DTYPE, HEADER_DTYPE, RECORD_DTYPE, BlockPlan
+from .gpu import choose_adapter, create_device, load_shader
+
+__all__ = ["GpuFdtd"]
+
+log = logging.getLogger(__name__)
+
+_STORAGE_IN = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
+
+
+class GpuFdtd:
+    """Fused multi-voice FDTD on a wgpu adapter. Implements :class:`~engine.block.FdtdBackend`.
+
+    Arguments:
+        grid_n: cells per side (64 for playing, 32 for coarse training).
+        max_voices: voices (field slots) kept on the GPU; also the most voices per block.
+        block_frames: output samples per block.
+        n_map_slots: resident material maps.
+        max_steps_per_sample: largest oversampling factor of a voice.
+        max_events_per_voice: most parameter events a voice may have in one block.
+        adapter: a ``wgpu.GPUAdapter``, or a name for :func:`engine.gpu.choose_adapter`.
+        workgroup_size: invocations per voice; ``grid_n²`` must be a multiple of it.
+
+    Raises:
+        NoAdapterError: no adapter, or its limits are too small (with the numbers).
+        ValueError: inconsistent sizes.
+
+    All methods must be called from one thread (the render thread).
+    """
+
+    def __init__(
+        self,
+        grid_n: int = 64,
+        max_voices: int = 64,
+        block_frames: int = 256,
+        *,
+        n_map_slots: int = 4,
+        max_steps_per_sample: int = 16,
+        max_events_per_voice: int = 32,
+        adapter: wgpu.GPUAdapter | str | None = None,
+        workgroup_size: int = 256,
+    ) -> None:
+        t0 = time.perf_counter()
+        if grid_n * grid_n % workgroup_size != 0:
+            raise ValueError(
+                f"grid_n²={grid_n * grid_n} is not a multiple of workgroup_size={workgroup_size}"
+            )
+        self.grid_n = grid_n
+        self.max_voices = max_voices
+        self.block_frames = block_frames
+        self.n_map_slots = n_map_slots
+        self.max_steps_per_sample = max_steps_per_sample
+        self.max_events_per_voice = max_events_per_voice
+        self.workgroup_size = workgroup_size
+        plan = self.new_plan()
+        nn = grid_n * grid_n
+
+        if not isinstance(adapter, wgpu.GPUAdapter):
+            adapter = choose_adapter(adapter)
+        self.adapter = adapter
+        self.adapter_summary: str = adapter.summary
+        self.is_cpu_adapter: bool = adapter.info.get("adapter_type") == "CPU"
+        sizes = {
+            "headers": plan.headers.nbytes,
+            "records": plan.records.nbytes,
+            "events": plan.events.nbytes,
+            "force": plan.force.nbytes,
+            "maps": n_map_slots * 2 * nn * 4,
+            "fields": max_voices * 2 * nn * 4,
+            "pickups": plan.max_out * 4,
+        }
+        self.device = create_device(
+            adapter,
+            workgroup_storage_bytes=2 * nn * 4,
+            storage_buffer_bytes=max(sizes.values()),
+        )
+        dev = self.device
+        self._headers = dev.create_buffer(label="headers", size=sizes["headers"], usage=_STORAGE_IN)
+        self._records = dev.create_buffer(label="records", size=sizes["records"], usage=_STORAGE_IN)
+        self._events = dev.create_buffer(label="events", size=sizes["events"], usage=_STORAGE_IN)
+        self._force = dev.create_buffer(label="force", size=sizes["force"], usage=_STORAGE_IN)
+        self._maps = dev.create_buffer(label="maps", size=sizes["maps"], usage=_STORAGE_IN)
+        self._fields = dev.create_buffer(
+            label="fields",
+            size=sizes["fields"],
+            usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC,
+        )
+        self._pickups = dev.create_buffer(
+            label="pickups",
+            size=sizes["pickups"],
+            usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC,
+        )
+        self._staging = dev.create_buffer(
+            label="pickups-staging",
+            size=sizes["pickups"],
+            usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST,
+        )
+        self._field_staging = dev.create_buffer(
+            label="fields-staging",
+            size=2 * nn * 4,
+            usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST,
+        )
+        self._out = np.zeros(plan.max_out, np.float32)
+        self._field_out = np.zeros((2, grid_n, grid_n), np.float32)
+        # Fresh fields and maps are zero; write zeros anyway so no driver garbage is ever read.
+        dev.queue.write_buffer(self._fields, 0, np.zeros(max_voices * 2 * nn, np.float32))
+        # A map slot that was never uploaded is a uniform unit-stiffness, undamped body.
+        blank = np.zeros((n_map_slots, 2, nn), np.float32)
+        blank[:, 0] = 1.0
+        dev.queue.write_buffer(self._maps, 0, blank)
+
+        shader = dev.create_shader_module(
+            label="fdtd",
+            code=load_shader("fdtd", GRID_N=grid_n, WORKGROUP_SIZE=workgroup_size),
+        )
+        self._pipeline = dev.create_compute_pipeline(
+            layout="auto", compute={"module": shader, "entry_point": "main"}
+        )
+        buffers = [
+            self._headers,
+            self._records,
+            self._events,
+            self._force,
+            self._maps,
+            self._fields,
+            self._pickups,
+        ]
+        self._bind_group = dev.create_bind_group(
+            layout=self._pipeline.get_bind_group_layout(0),
+            entries=[
+                {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
+                for i, b in enumerate(buffers)
+            ],
+        )
+        self.startup_s = time.perf_counter() - t0
+        log.info(
+            "GPU FDTD on %s: %d×%d grid, %d voices, %d-frame blocks, ready in %.2f s",
+            self.adapter_summary,
+            grid_n,
+            grid_n,
+            max_voices,
+            block_frames,
+            self.startup_s,
+        )
+
+    def new_plan(self) -> BlockPlan:
+        """A :class:`~engine.block.BlockPlan` sized for this backend."""
+        return BlockPlan(
+            self.max_voices,
+            self.block_frames,
+            max_steps_per_sample=self.max_steps_per_sample,
+            max_events_per_voice=self.max_events_per_voice,
+        )
+
+    def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
+        """Make a material map resident in ``slot``; arrays are ``(grid_n, grid_n)``."""
+        n = self.grid_n
+        if not 0 <= slot < self.n_map_slots:
+            raise ValueError(f"map slot {slot} outside 0..{self.n_map_slots - 1}")
+        for name, arr in (("stiffness", stiffness), ("damping_per_s", damping_per_s)):
+            if np.shape(arr) != (n, n):
+                raise ValueError(f"{name} has shape {np.shape(arr)}; this engine needs ({n}, {n})")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} contains NaN or Inf")
+        data = np.stack([stiffness, damping_per_s]).astype(np.float32)
+        self.device.queue.write_buffer(self._maps, slot * data.nbytes, data)
+
+    def run(self, plan: BlockPlan) -> np.ndarray:
+        """One dispatch for the plan's voices; returns their fine-rate pickups (float32 view).
+
+        The view is valid until the next call.
+        """
+        if plan.n_voices == 0:
+            return self._out[:0]
+        q = self.device.queue
+        q.write_buffer(self._headers, 0, plan.headers[: plan.n_voices])
+        q.write_buffer(self._records, 0, plan.records[: plan.n_records])
+        if plan.n_events:
+            q.write_buffer(self._events, 0, plan.events[: plan.n_events])
+        q.write_buffer(self._force, 0, plan.force[: plan.n_voices * plan.block_frames])
+        encoder = self.device.create_command_encoder()
+        cpass = encoder.begin_compute_pass()
+        cpass.set_pipeline(self._pipeline)
+        cpass.set_bind_group(0, self._bind_group)
+        cpass.dispatch_workgroups(plan.n_voices, 1, 1)
+        cpass.end()
+        nbytes = plan.out_size * 4
+        encoder.copy_buffer_to_buffer(self._pickups, 0, self._staging, 0, nbytes)
+        q.submit([encoder.finish()])
+        self._staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
+        try:
+            view = self._staging.read_mapped(0, nbytes, copy=False)
+            self._out[: plan.out_size] = np.frombuffer(view, np.float32)
+            del view
+        finally:
+            self._staging.unmap()
+        return self._out[: plan.out_size]
+
+    def read_fields(self, slot: int) -> np.ndarray:
+        """The voice's ``(u^{n-1}, u^n)`` after the last block, float32 ``(2, N, N)``."""
+        nbytes = self._field_out.nbytes
+        encoder = self.device.create_command_encoder()
+        encoder.copy_buffer_to_buffer(self._fields, slot * nbytes, self._field_staging, 0, nbytes)
+        self.device.queue.submit([encoder.finish()])
+        self._field_staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
+        try:
+            view = self._field_staging.read_mapped(0, nbytes, copy=False)
+            self._field_out.reshape(-1)[:] = np.frombuffer(view, np.float32)
+            del view
+        finally:
+            self._field_staging.unmap()
+        return self._field_out.copy()
+
+
+# The host-side record layouts must match the WGSL structs.
+assert RECORD_DTYPE.itemsize == 80 and HEADER_DTYPE.itemsize == 32 and EVENT_DTYPE.itemsize == 8

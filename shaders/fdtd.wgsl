@@ -1,0 +1,187 @@
+// fdtd.wgsl — a whole block of FDTD steps for every dispatched voice, in one dispatch.
+//
+// Equation (engine/reference.py has the derivation and the float64 twin):
+//   u_tt = c²·s·∇²u − 2·d·u_t + 2σ₁·s·∇²u_t + f(t)·e(x,y)
+// Scheme, per cell, L the 5-point Laplacian in grid units, γ = d·Δt, a = 2/(1+γ):
+//   u⁺ = a·u + (1−a)·u⁻ + (C²s/(1+γ))·Lu + (ηs/(1+γ))·(Lu − Lu⁻) + footprint·kick/(1+γ)
+// Stable while (C² + 2η)·max(s) < 0.5; the host refuses records that break it.
+// Boundary: the ghost cell outside an edge holds b·u_edge (b = 0 clamped, b = 1 free).
+//
+// Layout: one workgroup per voice (workgroup_id.x indexes `headers`). The two time levels of
+// the voice live in workgroup memory (2·N²·4 bytes = 32 KiB at N = 64, lavapipe's limit).
+// Each invocation owns the cells c = t + k·WORKGROUP_SIZE and keeps, in registers, their
+// coefficients and the previous step's Laplacian Lu⁻; so a step reads neighbours of u only,
+// writes u⁺ over its own u⁻ cell, and needs a single barrier. The levels rotate by step
+// parity; nothing is copied. Pickups are bilinear reads after every step, written to
+// `pickups[out_offset + channel·n_fine + k]`. At the end both levels go back to `fields`.
+//
+// Buffers (engine/block.py defines the host side):
+//   headers  VoiceHeader per dispatched voice          maps    [slot][stiffness, damping][N][N]
+//   records  VoiceRecord (parameters, grid units)      fields  [voice slot][u⁻, u][N][N]
+//   events   (sample, record) sorted per voice         pickups fine-rate output, 2 channels
+//   force    one kick per output sample per voice
+//
+// GRID_N and WORKGROUP_SIZE are set by engine/gpu.py:load_shader when the pipeline is built.
+
+const GRID_N: u32 = 64u;
+const WORKGROUP_SIZE: u32 = 256u;
+const NN: u32 = GRID_N * GRID_N;
+const CELLS: u32 = NN / WORKGROUP_SIZE;
+const RECORD_RESET: u32 = 1u;
+
+struct VoiceRecord {
+    c2: f32, eta: f32, gamma_per_d: f32, gamma_add: f32,
+    morph: f32, boundary: f32, exc_x: f32, exc_y: f32,
+    exc_inv_2w2: f32, exc_norm: f32, pick_lx: f32, pick_ly: f32,
+    pick_rx: f32, pick_ry: f32, map_a: u32, map_b: u32,
+    flags: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+
+struct VoiceHeader {
+    slot: u32, steps_per_sample: u32, n_samples: u32, record: u32,
+    first_event: u32, n_events: u32, out_offset: u32, force_offset: u32,
+}
+
+struct Event { sample: u32, record: u32, }
+
+@group(0) @binding(0) var<storage, read> headers: array<VoiceHeader>;
+@group(0) @binding(1) var<storage, read> records: array<VoiceRecord>;
+@group(0) @binding(2) var<storage, read> events: array<Event>;
+@group(0) @binding(3) var<storage, read> force: array<f32>;
+@group(0) @binding(4) var<storage, read> maps: array<f32>;
+@group(0) @binding(5) var<storage, read_write> fields: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pickups: array<f32>;
+
+var<workgroup> field: array<f32, 2u * NN>;
+
+// Per-invocation state of the cells it owns.
+var<private> coef_a: array<f32, CELLS>;
+var<private> coef_l: array<f32, CELLS>;
+var<private> coef_e: array<f32, CELLS>;
+var<private> coef_f: array<f32, CELLS>;
+var<private> lu_prev: array<f32, CELLS>;
+var<private> boundary: f32;
+var<private> pick: vec4<f32>;
+
+fn laplacian(base: u32, c: u32) -> f32 {
+    let i = c / GRID_N;
+    let j = c % GRID_N;
+    let uc = field[base + c];
+    var sum = 0.0;
+    var missing = 0.0;
+    if (i > 0u) { sum += field[base + c - GRID_N]; } else { missing += 1.0; }
+    if (i < GRID_N - 1u) { sum += field[base + c + GRID_N]; } else { missing += 1.0; }
+    if (j > 0u) { sum += field[base + c - 1u]; } else { missing += 1.0; }
+    if (j < GRID_N - 1u) { sum += field[base + c + 1u]; } else { missing += 1.0; }
+    return sum + (missing * boundary - 4.0) * uc;
+}
+
+// Loads a record's per-cell coefficients; returns true when it asks for a reset.
+fn apply_record(r: u32, t: u32) -> bool {
+    let rec = records[r];
+    boundary = rec.boundary;
+    pick = vec4<f32>(rec.pick_lx, rec.pick_ly, rec.pick_rx, rec.pick_ry);
+    let base_a = rec.map_a * 2u * NN;
+    let base_b = rec.map_b * 2u * NN;
+    for (var k = 0u; k < CELLS; k++) {
+        let c = t + k * WORKGROUP_SIZE;
+        let s = mix(maps[base_a + c], maps[base_b + c], rec.morph);
+        let d = mix(maps[base_a + NN + c], maps[base_b + NN + c], rec.morph);
+        let inv = 1.0 / (1.0 + rec.gamma_per_d * d + rec.gamma_add);
+        coef_a[k] = 2.0 * inv;
+        coef_l[k] = rec.c2 * s * inv;
+        coef_e[k] = rec.eta * s * inv;
+        let dx = f32(c % GRID_N) - rec.exc_x;
+        let dy = f32(c / GRID_N) - rec.exc_y;
+        coef_f[k] = exp(-(dx * dx + dy * dy) * rec.exc_inv_2w2) * rec.exc_norm * inv;
+    }
+    return (rec.flags & RECORD_RESET) != 0u;
+}
+
+fn bilinear(base: u32, x: f32, y: f32) -> f32 {
+    let j0 = min(u32(floor(x)), GRID_N - 1u);
+    let i0 = min(u32(floor(y)), GRID_N - 1u);
+    let fx = x - f32(j0);
+    let fy = y - f32(i0);
+    let j1 = min(j0 + 1u, GRID_N - 1u);
+    let i1 = min(i0 + 1u, GRID_N - 1u);
+    let top = mix(field[base + i0 * GRID_N + j0], field[base + i0 * GRID_N + j1], fx);
+    let bottom = mix(field[base + i1 * GRID_N + j0], field[base + i1 * GRID_N + j1], fx);
+    return mix(top, bottom, fy);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let h = headers[wid.x];
+    let state = h.slot * 2u * NN;
+    // Time level u⁻ sits at `prev`, u at `cur`; they swap every step.
+    var prev = 0u;
+    var cur = NN;
+    for (var k = 0u; k < CELLS; k++) {
+        let c = t + k * WORKGROUP_SIZE;
+        field[c] = fields[state + c];
+        field[NN + c] = fields[state + NN + c];
+    }
+    if (apply_record(h.record, t)) {
+        for (var k = 0u; k < CELLS; k++) {
+            let c = t + k * WORKGROUP_SIZE;
+            field[c] = 0.0;
+            field[NN + c] = 0.0;
+        }
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < CELLS; k++) {
+        lu_prev[k] = laplacian(prev, t + k * WORKGROUP_SIZE);
+    }
+
+    let os = h.steps_per_sample;
+    let n_fine = h.n_samples * os;
+    var ev = 0u;
+    var step = 0u;
+    for (var n = 0u; n < h.n_samples; n++) {
+        // Events are uniform across the workgroup: every invocation takes the same branch.
+        loop {
+            if (ev >= h.n_events) { break; }
+            let e = events[h.first_event + ev];
+            if (e.sample != n) { break; }
+            workgroupBarrier();
+            if (apply_record(e.record, t)) {
+                for (var k = 0u; k < CELLS; k++) {
+                    let c = t + k * WORKGROUP_SIZE;
+                    field[c] = 0.0;
+                    field[NN + c] = 0.0;
+                    lu_prev[k] = 0.0;
+                }
+            }
+            workgroupBarrier();
+            ev++;
+        }
+        let kick = force[h.force_offset + n];
+        for (var sub = 0u; sub < os; sub++) {
+            for (var k = 0u; k < CELLS; k++) {
+                let c = t + k * WORKGROUP_SIZE;
+                let lu = laplacian(cur, c);
+                let a = coef_a[k];
+                let u_new = a * field[cur + c] + (1.0 - a) * field[prev + c] + coef_l[k] * lu
+                    + coef_e[k] * (lu - lu_prev[k]) + coef_f[k] * kick;
+                lu_prev[k] = lu;
+                field[prev + c] = u_new;
+            }
+            workgroupBarrier();
+            let tmp = prev;
+            prev = cur;
+            cur = tmp;
+            if (t == 0u) {
+                pickups[h.out_offset + step] = bilinear(cur, pick.x, pick.y);
+            } else if (t == WORKGROUP_SIZE / 2u) {
+                pickups[h.out_offset + n_fine + step] = bilinear(cur, pick.z, pick.w);
+            }
+            step++;
+        }
+    }
+    for (var k = 0u; k < CELLS; k++) {
+        let c = t + k * WORKGROUP_SIZE;
+        fields[state + c] = field[prev + c];
+        fields[state + NN + c] = field[cur + c];
+    }
+}
