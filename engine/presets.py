@@ -237,13 +237,25 @@ def load_preset(path: str | os.PathLike) -> Preset:
             NaN/Inf, values out of range, newer schema, or a loss that breaks stability.
     """
     path = Path(path)
+    if path.is_dir():
+        raise _fail(path, "is a directory, not a preset file")
     if not path.is_file():
         raise _fail(path, "no such file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise _fail(path, f"is {size} bytes; a preset is at most {MAX_FILE_BYTES} bytes")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise _fail(path, "holds a single .npy array, not a preset archive (.npz)")
+        with loaded as npz:
+            # A compressed member can inflate far beyond the file's size: bound what is read.
+            unpacked = sum(info.file_size for info in npz.zip.infolist())
+            if unpacked > MAX_FILE_BYTES:
+                raise _fail(
+                    path,
+                    f"unpacks to {unpacked} bytes; a preset is at most {MAX_FILE_BYTES} bytes",
+                )
             missing = {"stiffness", "damping_per_s", "meta"} - set(npz.files)
             if missing:
                 raise _fail(path, f"lacks {sorted(missing)} (has {sorted(npz.files)})")
@@ -257,7 +269,13 @@ def load_preset(path: str | os.PathLike) -> Preset:
     if raw_meta.shape != () or raw_meta.dtype.kind != "U":
         raise _fail(path, f"meta must be a 0-d string array, got {raw_meta.dtype} {raw_meta.shape}")
     meta = _parse_meta(path, str(raw_meta[()]))
+    return _from_meta(path, meta, stiffness, damping)
 
+
+def _from_meta(
+    path: Path | str, meta: dict[str, Any], stiffness: np.ndarray, damping: np.ndarray
+) -> Preset:
+    """Check parsed metadata and the maps together and build the :class:`Preset`."""
     body = meta.get("body")
     exc = meta.get("excitation")
     picks = meta.get("pickups")
@@ -305,16 +323,23 @@ def save_preset(preset: Preset, path: str | os.PathLike) -> Path:
     preset = Preset(**{**preset.__dict__})
     preset.stiffness = np.ascontiguousarray(preset.stiffness, np.float32)
     preset.damping_per_s = np.ascontiguousarray(preset.damping_per_s, np.float32)
-    _validate(path, preset)
+    meta_json = json.dumps(preset.to_meta(), indent=1, sort_keys=True)
+    # The same checks load_preset runs, so a save never writes a file that cannot be loaded.
+    _from_meta(path, _parse_meta(path, meta_json), preset.stiffness, preset.damping_per_s)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600 files; keep the usual mode
             np.savez(
                 f,
                 stiffness=preset.stiffness,
                 damping_per_s=preset.damping_per_s,
-                meta=np.array(json.dumps(preset.to_meta(), indent=1, sort_keys=True)),
+                meta=np.array(meta_json),
             )
             f.flush()
             os.fsync(f.fileno())
@@ -325,9 +350,9 @@ def save_preset(preset: Preset, path: str | os.PathLike) -> Path:
     return path
 
 
-def list_presets(directory: Path = PRESET_DIR) -> list[Path]:
-    """Preset files in ``directory``, sorted by name."""
-    return sorted(directory.glob("*.npz"))
+def list_presets(directory: Path | None = None) -> list[Path]:
+    """Preset files in ``directory`` (default: :data:`PRESET_DIR`), sorted by name."""
+    return sorted((PRESET_DIR if directory is None else directory).glob("*.npz"))
 
 
 def find_preset(name_or_path: str | os.PathLike) -> Path:
