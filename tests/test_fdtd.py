@@ -1,0 +1,304 @@
+"""The GPU kernel (shaders/fdtd.wgsl through engine/fdtd.py) against its float64 twin.
+
+Runs on the real wgpu adapter: an NVIDIA/AMD/Intel GPU where there is one, Mesa's lavapipe on
+CI. Every test draws fresh random maps, positions and forces; messages name the seed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import wgpu
+
+from conftest import smooth_map
+from engine.block import RECORD_DTYPE, RECORD_RESET, BlockPlan
+from engine.fdtd import GpuFdtd
+from engine.gpu import NoAdapterError, choose_adapter, load_shader
+from engine.reference import ReferenceFdtd, laplacian
+
+
+def random_record(rng: np.random.Generator, n: int, max_s: float, *, flags: int = 0) -> np.void:
+    """Parameters drawn at random inside the stability bound (C² + 2η)·max(s) < 0.5."""
+    rec = np.zeros((), RECORD_DTYPE)
+    budget = 0.49 / max_s
+    eta = rng.uniform(0.0, 0.05) * budget
+    rec["c2"] = rng.uniform(0.05, 0.95) * (budget - 2 * eta)
+    rec["eta"] = eta
+    rec["gamma_per_d"] = rng.uniform(0.2, 2.0) / 48_000
+    rec["gamma_add"] = rng.uniform(0.0, 1e-4)
+    rec["morph"] = rng.uniform(0.0, 1.0)
+    rec["boundary"] = rng.uniform(0.0, 1.0)
+    width = rng.uniform(0.7, 3.0)
+    rec["exc_x"], rec["exc_y"] = rng.uniform(2, n - 3, size=2)
+    rec["exc_inv_2w2"] = 1.0 / (2 * width**2)
+    rec["exc_norm"] = 1.0 / (2 * np.pi * width**2)
+    rec["pick_lx"], rec["pick_ly"], rec["pick_rx"], rec["pick_ry"] = rng.uniform(0, n - 1, size=4)
+    rec["map_a"], rec["map_b"] = 0, 1
+    rec["flags"] = flags
+    return rec
+
+
+def random_maps(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [
+        (smooth_map(rng, n, 0.3, 3.0), smooth_map(rng, n, 0.0, 30.0)),
+        (smooth_map(rng, n, 0.3, 3.0), smooth_map(rng, n, 0.0, 30.0)),
+    ]
+
+
+def pulse(rng: np.random.Generator, frames: int, start: int) -> np.ndarray:
+    f = np.zeros(frames)
+    length = int(rng.integers(4, 40))
+    end = min(frames, start + length)
+    f[start:end] = rng.uniform(0.2, 1.0) * np.hanning(length)[: end - start]
+    return f
+
+
+def run_both(gpu: GpuFdtd, ref: ReferenceFdtd, plan: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
+    return gpu.run(plan).astype(np.float64), ref.run(plan).copy()
+
+
+@pytest.mark.parametrize("grid_n", [32, 64])
+def test_gpu_matches_float64_reference(adapter, seed, grid_n):
+    """Random maps, morph, boundary, positions, forces, events; ≥ 2000 steps a voice."""
+    rng = np.random.default_rng(seed)
+    frames = 256
+    gpu = GpuFdtd(grid_n, 4, frames, adapter=adapter)
+    ref = ReferenceFdtd(grid_n, 4, frames)
+    maps = random_maps(rng, grid_n)
+    max_s = max(m[0].max() for m in maps)
+    for slot, (s, d) in enumerate(maps):
+        gpu.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+        ref.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+    plan = gpu.new_plan()
+    steps = {0: 1, 1: 3, 2: 2}  # oversampling per voice slot
+    current = {}
+    g_all, r_all = [], []
+    for block in range(8):
+        plan.clear()
+        for slot, os_ in steps.items():
+            if block == 0:
+                head = plan.add_record(random_record(rng, grid_n, max_s, flags=RECORD_RESET))
+                force = pulse(rng, frames, int(rng.integers(0, 50)))
+            else:
+                head = plan.add_record(current[slot])
+                force = pulse(rng, frames, 100) if block == 3 else None
+            events = []
+            if block in (2, 5):  # parameters change mid-block; block 5 re-strikes a fresh body
+                rec = random_record(rng, grid_n, max_s, flags=RECORD_RESET if block == 5 else 0)
+                events.append((int(rng.integers(1, frames)), plan.add_record(rec)))
+                current[slot] = rec.copy()
+                current[slot]["flags"] = 0
+            elif block == 0:
+                current[slot] = plan.records[head].copy()
+                current[slot]["flags"] = 0
+            if block == 5:
+                force = pulse(rng, frames, events[0][0])
+            plan.add_voice(slot, os_, head, force, events)
+        g, r = run_both(gpu, ref, plan)
+        g_all.append(g)
+        r_all.append(r)
+    g, r = np.concatenate(g_all), np.concatenate(r_all)
+    assert np.linalg.norm(r) > 1e-6, f"seed={seed}: the reference is silent"
+    err = np.linalg.norm(g - r) / np.linalg.norm(r)
+    assert err < 1e-4, f"seed={seed}: relative L2 error {err:.3e} over {8 * frames} samples"
+    for slot in steps:
+        fg, fr = gpu.read_fields(slot), ref.read_fields(slot)
+        ferr = np.linalg.norm(fg - fr) / max(np.linalg.norm(fr), 1e-30)
+        assert ferr < 1e-4, f"seed={seed}: fields of slot {slot} differ by {ferr:.3e}"
+
+
+def test_silent_voice_stays_exactly_zero(adapter, seed):
+    """A voice dispatched with no force next to ringing voices reads exactly 0: no leaks."""
+    rng = np.random.default_rng(seed)
+    n, frames = 32, 128
+    gpu = GpuFdtd(n, 3, frames, adapter=adapter)
+    for slot, (s, d) in enumerate(random_maps(rng, n)):
+        gpu.upload_map(slot, s, d)
+    plan = gpu.new_plan()
+    for block in range(6):
+        plan.clear()
+        for slot in range(3):
+            r = plan.add_record(random_record(rng, n, 3.0, flags=RECORD_RESET if block == 0 else 0))
+            force = pulse(rng, frames, 5) if (slot != 1 and block == 0) else None
+            plan.add_voice(slot, 1 + slot, r, force)
+        out = gpu.run(plan)
+        assert np.all(plan.voice_pickups(out, 1) == 0.0), f"seed={seed}: silent voice leaked"
+        assert np.any(plan.voice_pickups(out, 0) != 0.0), f"seed={seed}: voice 0 silent"
+        assert np.any(plan.voice_pickups(out, 2) != 0.0), f"seed={seed}: voice 2 silent"
+    assert np.all(gpu.read_fields(1) == 0.0)
+
+
+def energy(u_prev: np.ndarray, u: np.ndarray, s: np.ndarray, c2: float, b: float) -> float:
+    """Discrete energy of the lossless scheme, conserved exactly in exact arithmetic:
+    E = Σ (u − u⁻)²/s − C²·⟨u, L u⁻⟩ (L symmetric with the ghost-cell boundary)."""
+    return float(np.sum((u - u_prev) ** 2 / s) - c2 * np.sum(u * laplacian(u_prev, b)))
+
+
+@pytest.mark.parametrize("backend", ["gpu", "reference"])
+def test_lossless_energy_bounded_over_20000_steps(adapter, seed, backend):
+    rng = np.random.default_rng(seed)
+    n, frames, blocks = 32, 1000, 20
+    s = smooth_map(rng, n, 0.5, 2.0)
+    zeros = np.zeros((n, n))
+    engine = (
+        GpuFdtd(n, 1, frames, adapter=adapter) if backend == "gpu" else ReferenceFdtd(n, 1, frames)
+    )
+    for slot in (0, 1):
+        engine.upload_map(slot, s.astype(np.float32), zeros)
+    s32 = s.astype(np.float32).astype(np.float64)
+    rec = random_record(rng, n, s.max(), flags=RECORD_RESET)
+    rec["eta"] = rec["gamma_add"] = rec["gamma_per_d"] = 0.0
+    rec["c2"] = 0.48 / s.max()  # close to the bound
+    b = float(rec["boundary"])
+    plan = BlockPlan(1, frames)
+    energies = []
+    for block in range(blocks):
+        plan.clear()
+        r = plan.add_record(rec)
+        rec["flags"] = 0
+        plan.add_voice(0, 1, r, pulse(rng, frames, 0) if block == 0 else None)
+        engine.run(plan)
+        f = engine.read_fields(0).astype(np.float64)
+        energies.append(energy(f[0], f[1], s32, float(rec["c2"]), b))
+    e = np.array(energies)
+    assert e[0] > 0
+    drift = np.max(np.abs(e[1:] - e[1])) / e[1]
+    bound = 1e-10 if backend == "reference" else 1e-3
+    assert drift < bound, f"seed={seed}: energy drifted by {drift:.2e} over {blocks * frames} steps"
+
+
+def test_damped_energy_decays_monotonically(adapter, seed):
+    rng = np.random.default_rng(seed)
+    n, frames = 32, 256
+    s = smooth_map(rng, n, 0.5, 2.0)
+    d = smooth_map(rng, n, 1.0, 20.0)
+    gpu = GpuFdtd(n, 1, frames, adapter=adapter)
+    for slot in (0, 1):
+        gpu.upload_map(slot, s, d)
+    rec = random_record(rng, n, s.max(), flags=RECORD_RESET)
+    plan = BlockPlan(1, frames)
+    s32 = s.astype(np.float32).astype(np.float64)
+    energies = []
+    for block in range(30):
+        plan.clear()
+        r = plan.add_record(rec)
+        rec["flags"] = 0
+        plan.add_voice(0, 1, r, pulse(rng, frames, 0) if block == 0 else None)
+        gpu.run(plan)
+        f = gpu.read_fields(0).astype(np.float64)
+        energies.append(energy(f[0], f[1], s32, float(rec["c2"]), float(rec["boundary"])))
+    e = np.array(energies[1:])
+    assert np.all(np.diff(e) < 0), f"seed={seed}: energy rose: {e}"
+    assert e[-1] < 0.5 * e[0], f"seed={seed}: energy barely decayed: {e[0]:.3e} → {e[-1]:.3e}"
+
+
+def test_stability_bound_is_where_the_scheme_blows_up(seed):
+    """Just inside (C² + 2η)·max(s) < 0.5 the field stays bounded; just outside it blows up.
+
+    A uniform clamped body: the largest eigenvalue of −s·L is 8·s·cos²(π/(2(N+1))), within
+    1% of the bound's 8·max(s), so 10% over the bound must diverge.
+    """
+    rng = np.random.default_rng(seed)
+    n, frames = 16, 500
+    s = np.full((n, n), rng.uniform(0.5, 3.0))
+    peaks = {}
+    for factor in (0.98, 1.10):
+        ref = ReferenceFdtd(n, 1, frames)
+        for slot in (0, 1):
+            ref.upload_map(slot, s, np.zeros((n, n)))
+        rec = random_record(rng, n, s.max(), flags=RECORD_RESET)
+        rec["gamma_per_d"] = rec["gamma_add"] = 0.0
+        rec["boundary"] = 0.0
+        rec["eta"] = rng.uniform(0.0, 0.05) / s.max()
+        rec["c2"] = factor * 0.5 / s.max() - 2 * rec["eta"]
+        rec["exc_inv_2w2"] = 1.0  # a sharp footprint excites the highest modes
+        plan = BlockPlan(1, frames)
+        plan.add_record(rec)
+        kick = np.zeros(frames)
+        kick[:3] = 1.0
+        plan.add_voice(0, 1, 0, kick)
+        for _ in range(4):
+            with np.errstate(over="ignore", invalid="ignore"):
+                ref.run(plan)
+            plan.records[0]["flags"] = 0
+            kick[:] = 0
+        peaks[factor] = float(np.max(np.abs(ref.fields[0])))
+    assert peaks[0.98] < 10.0, f"seed={seed}: unstable inside the bound: {peaks}"
+    assert not peaks[1.10] < 1e6, f"seed={seed}: no blow-up outside the bound: {peaks}"
+
+
+def test_no_buffer_is_created_per_block(adapter, monkeypatch, seed):
+    """1000 blocks create no GPU buffer (counted at the GPUBuffer constructor)."""
+    rng = np.random.default_rng(seed)
+    n, frames = 32, 16
+    gpu = GpuFdtd(n, 2, frames, adapter=adapter)
+    created = []
+    original = wgpu.GPUBuffer.__init__
+
+    def counting_init(self, *args, **kwargs):
+        created.append(kwargs.get("label", args[0] if args else ""))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(wgpu.GPUBuffer, "__init__", counting_init)
+    probe = gpu.device.create_buffer(size=16, usage=wgpu.BufferUsage.STORAGE)
+    assert len(created) == 1, "the counter does not see buffer creation"
+    created.clear()
+    plan = gpu.new_plan()
+    rec = random_record(rng, n, 1.0, flags=RECORD_RESET)
+    for block in range(1000):
+        plan.clear()
+        r = plan.add_record(rec)
+        plan.add_voice(0, 2, r, pulse(rng, frames, 0) if block == 0 else None, [(3, r)])
+        gpu.run(plan)
+        rec["flags"] = 0
+    gpu.read_fields(0)
+    assert created == [], f"{len(created)} buffers created in 1000 blocks: {created[:5]}"
+    probe.destroy()
+
+
+def test_adapter_by_name_and_env(adapter, monkeypatch):
+    word = adapter.summary.split()[0]
+    assert choose_adapter(word.upper()).summary == adapter.summary
+    monkeypatch.setenv("NEIROSYNTH_ADAPTER", word)
+    assert choose_adapter().summary == adapter.summary
+    monkeypatch.setenv("NEIROSYNTH_ADAPTER", "no-such-gpu-xyz")
+    with pytest.raises(NoAdapterError, match="no adapter matches 'no-such-gpu-xyz'.*found: "):
+        choose_adapter()
+
+
+def test_no_adapter_names_the_debian_package(tmp_path):
+    """With no Vulkan driver at all (an empty ICD list), the error says what to install."""
+    icd = tmp_path / "none.json"
+    icd.write_text("{}")
+    code = (
+        "from engine.gpu import choose_adapter, NoAdapterError\n"
+        "try:\n    choose_adapter()\nexcept NoAdapterError as e:\n    print('ERR', e)\n"
+    )
+    env = {"VK_ICD_FILENAMES": str(icd), "VK_DRIVER_FILES": str(icd), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "ERR no Vulkan/Metal/D3D12 adapter found" in out.stdout, out.stdout + out.stderr
+    assert "mesa-vulkan-drivers" in out.stdout
+
+
+def test_load_shader_substitutes_declared_constants_only():
+    src = load_shader("fdtd", GRID_N=32, WORKGROUP_SIZE=128)
+    assert "const GRID_N: u32 = 32u;" in src and "const WORKGROUP_SIZE: u32 = 128u;" in src
+    with pytest.raises(KeyError, match="declares no `const NOPE"):
+        load_shader("fdtd", NOPE=1)
+
+
+def test_bad_sizes_and_maps_are_refused(adapter):
+    with pytest.raises(ValueError, match="multiple of workgroup_size"):
+        GpuFdtd(30, 1, 16, adapter=adapter, workgroup_size=256)
+    gpu = GpuFdtd(32, 1, 16, adapter=adapter)
+    with pytest.raises(ValueError, match=r"shape \(64, 64\); this engine needs \(32, 32\)"):
+        gpu.upload_map(0, np.ones((64, 64)), np.zeros((64, 64)))
+    bad = np.ones((32, 32))
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="stiffness contains NaN"):
+        gpu.upload_map(0, bad, np.zeros((32, 32)))
+    with pytest.raises(ValueError, match="map slot 9 outside"):
+        gpu.upload_map(9, np.ones((32, 32)), np.zeros((32, 32)))
