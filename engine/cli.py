@@ -39,14 +39,20 @@ def _render(args: argparse.Namespace) -> int:
         block_frames=args.block,
         adapter=args.adapter,
     )
+    rate = score.sample_rate_hz
     with tqdm(
-        total=1, unit="s", unit_scale=True, desc="rendering", disable=args.quiet, leave=False
+        total=round(score.duration_s, 1),
+        unit="s",
+        desc="rendering",
+        disable=args.quiet or None,  # None: no bar when stderr is not a terminal
+        leave=False,
+        mininterval=0.5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]",
     ) as bar:
 
         def progress(done: int, total: int) -> None:
-            bar.total = round(total / score.sample_rate_hz, 2)
-            bar.n = round(done / score.sample_rate_hz, 2)
-            bar.refresh()
+            bar.total = round(total / rate, 1)
+            bar.update(round(done / rate - bar.n, 3))
 
         result = render_midi(
             score, backend, preset, args.output, sample_format=args.format, progress=progress

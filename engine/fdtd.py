@@ -35,9 +35,36 @@ __all__ = ["GpuFdtd"]
 log = logging.getLogger(__name__)
 
 _STORAGE_IN = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
-#: Invocations per voice on a GPU and on a CPU adapter (bench/fdtd.py measured both).
-_GPU_WORKGROUP = 256
-_CPU_WORKGROUP = 64
+#: Invocations per voice.
+_WORKGROUP = 256
+#: llvmpipe (Mesa's lavapipe) gives each shader invocation one budget of loop iterations for
+#: all its loops together and silently leaves every loop once it is spent (gallivm's
+#: LP_MAX_TGSI_LOOP_ITERATIONS), so a dispatch must stay under it.
+_LAVAPIPE_LOOP_BUDGET = 65_535
+
+
+def _fit_lavapipe_loop_budget(
+    cells: int, block_frames: int, max_steps_per_sample: int, max_events: int
+) -> int:
+    """The largest steps per sample a lavapipe dispatch can run correctly (≤ the asked)."""
+    fixed = 3 * cells + block_frames * (max_events + 1)
+    per_step = cells + 1  # the cell loop and the substep loop
+    fits = (_LAVAPIPE_LOOP_BUDGET - fixed) // (block_frames * per_step)
+    if fits < 1:
+        raise ValueError(
+            f"a {block_frames}-frame block does not fit lavapipe's {_LAVAPIPE_LOOP_BUDGET} loop "
+            f"iterations per invocation ({cells} cells an invocation); use smaller blocks"
+        )
+    if fits < max_steps_per_sample:
+        log.warning(
+            "lavapipe: at most %d FDTD steps per sample with %d-frame blocks (asked %d); "
+            "higher notes are refused. Use the numba backend or a GPU for the full range.",
+            fits,
+            block_frames,
+            max_steps_per_sample,
+        )
+        return fits
+    return max_steps_per_sample
 
 
 class GpuFdtd:
@@ -52,10 +79,7 @@ class GpuFdtd:
         max_events_per_voice: most parameter events a voice may have in one block.
         adapter: a ``wgpu.GPUAdapter``, or a name for :func:`engine.gpu.choose_adapter`.
         workgroup_size: invocations per voice; ``grid_n²`` must be a multiple of it.
-            ``None``: 256 on a GPU; 64 on a CPU adapter, where lavapipe runs a workgroup as
-            SIMD rows of 8 and switches between rows at every barrier (~1.6× faster than 256).
-            Lavapipe (Mesa 22.3) computes wrong results once an invocation owns 256 cells or
-            more (private arrays that large), so ``grid_n² / workgroup_size`` must stay < 256.
+            ``None``: 256.
 
     Raises:
         NoAdapterError: no adapter, or its limits are too small (with the numbers).
@@ -83,11 +107,17 @@ class GpuFdtd:
         self.adapter_summary: str = adapter.summary
         self.is_cpu_adapter: bool = adapter.info.get("adapter_type") == "CPU"
         if workgroup_size is None:
-            workgroup_size = _CPU_WORKGROUP if self.is_cpu_adapter else _GPU_WORKGROUP
-        if grid_n * grid_n % workgroup_size != 0 or grid_n * grid_n // workgroup_size >= 256:
+            workgroup_size = _WORKGROUP
+        if grid_n * grid_n % workgroup_size != 0:
             raise ValueError(
-                f"grid_n²={grid_n * grid_n} must be a multiple of workgroup_size={workgroup_size} "
-                f"with fewer than 256 cells an invocation; use a larger workgroup"
+                f"grid_n²={grid_n * grid_n} is not a multiple of workgroup_size={workgroup_size}"
+            )
+        if self.is_cpu_adapter:
+            max_steps_per_sample = _fit_lavapipe_loop_budget(
+                grid_n * grid_n // workgroup_size,
+                block_frames,
+                max_steps_per_sample,
+                max_events_per_voice,
             )
         self.grid_n = grid_n
         self.max_voices = max_voices

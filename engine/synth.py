@@ -47,7 +47,7 @@ __all__ = ["Synth", "note_to_hz"]
 log = logging.getLogger(__name__)
 
 #: Loudness calibration: the fundamental of a centre strike at full force peaks near this.
-_KICK_GAIN = 60.0
+_KICK_GAIN = 600.0
 #: A released voice quieter than this over a whole block is freed (−90 dBFS).
 _FREE_LEVEL = 10.0 ** (-90.0 / 20.0)
 #: Soft limiter: linear below this level, tanh above it, never reaching 1.0.

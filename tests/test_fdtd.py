@@ -304,3 +304,26 @@ def test_bad_sizes_and_maps_are_refused(adapter):
         gpu.upload_map(0, bad, np.zeros((32, 32)))
     with pytest.raises(ValueError, match="map slot 9 outside"):
         gpu.upload_map(9, np.ones((32, 32)), np.zeros((32, 32)))
+
+
+def test_longest_dispatch_matches_reference(adapter, seed):
+    """One voice at the largest steps per sample the backend allows, a whole block in one
+    dispatch. Guards lavapipe's per-invocation loop budget (65 535 iterations, silently
+    exceeded: the field froze after ~62 000 cell updates an invocation)."""
+    rng = np.random.default_rng(seed)
+    n, frames = 64, 256
+    gpu = GpuFdtd(n, 1, frames, adapter=adapter)
+    ref = ReferenceFdtd(n, 1, frames)
+    s = smooth_map(rng, n, 0.5, 2.0)
+    for b in (gpu, ref):
+        for slot in (0, 1):
+            b.upload_map(slot, s, np.full((n, n), 1.0))
+    plan = gpu.new_plan()
+    plan.add_record(random_record(rng, n, s.max(), flags=RECORD_RESET))
+    plan.add_voice(0, gpu.max_steps_per_sample, 0, pulse(rng, frames, 0))
+    g, r = run_both(gpu, ref, plan)
+    tail = slice(len(g) // 2, None)  # the last half of the block is where the budget ran out
+    err = np.linalg.norm(g[tail] - r[tail]) / np.linalg.norm(r[tail])
+    assert err < 1e-4, (
+        f"seed={seed}: {gpu.max_steps_per_sample * frames} steps in one dispatch: rel error {err:.2e}"
+    )
