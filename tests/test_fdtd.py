@@ -324,6 +324,7 @@ def test_longest_dispatch_matches_reference(adapter, seed):
     g, r = run_both(gpu, ref, plan)
     tail = slice(len(g) // 2, None)  # the last half of the block is where the budget ran out
     err = np.linalg.norm(g[tail] - r[tail]) / np.linalg.norm(r[tail])
-    assert err < 1e-4, (
+    # the budget bug gives O(1) errors; float32 rounding over 3000+ steps stays near 1e-4
+    assert err < 1e-3, (
         f"seed={seed}: {gpu.max_steps_per_sample * frames} steps in one dispatch: rel error {err:.2e}"
     )
