@@ -39,3 +39,11 @@ def smooth_map(rng: np.random.Generator, n: int, lo: float, hi: float, terms: in
     if field.max() > 0:
         field /= field.max()
     return lo + (hi - lo) * field
+
+
+@pytest.fixture(scope="module")
+def cpu_backend_64():
+    """The numba backend (float32, the real-time one) on a 64×64 grid, one voice."""
+    from engine.cpu import CpuFdtd
+
+    return CpuFdtd(64, 1, 256, dtype=np.float32)
