@@ -222,13 +222,34 @@ def startup_to_first_block(adapter_name: str | None) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+_ADAPTER = None
+
+
+def choose_adapter_once(name):
+    global _ADAPTER
+    if _ADAPTER is None:
+        from engine.gpu import choose_adapter
+
+        _ADAPTER = choose_adapter(name)
+    return _ADAPTER
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--voices", type=int, nargs="+", default=[1, 8, 64, 512])
     ap.add_argument("--quick", action="store_true", help="shorter timing windows")
     ap.add_argument("--adapter", default=None, help="wgpu adapter name")
     ap.add_argument("--no-write", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--fused-only", action="store_true", help="only the fused kernel")
     args = ap.parse_args()
+    if args.fused_only:
+        for v in args.voices:
+            fused, rt_ms = bench_fused(choose_adapter_once(args.adapter), v, 0.3)
+            print(f"fused: {v} voices: {fused:.4f} µs per grid-step, "
+                  f"{rt_ms:.3f} ms per block round trip", flush=True)
+        print(f"fused: one voice in a long dispatch: "
+              f"{bench_long_dispatch(choose_adapter_once(args.adapter), 0.3):.3f} µs per step")
+        return
     min_s = 0.3 if args.quick else 1.0
 
     from engine.gpu import choose_adapter

@@ -35,25 +35,22 @@ __all__ = ["GpuFdtd"]
 log = logging.getLogger(__name__)
 
 _STORAGE_IN = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
-#: Invocations per voice.
-_WORKGROUP = 256
+#: Cells each invocation owns (``CELLS`` in shaders/fdtd.wgsl).
+_CELLS = 4
 #: llvmpipe (Mesa's lavapipe) gives each shader invocation one budget of loop iterations for
 #: all its loops together and silently leaves every loop once it is spent (gallivm's
 #: LP_MAX_TGSI_LOOP_ITERATIONS), so a dispatch must stay under it.
 _LAVAPIPE_LOOP_BUDGET = 65_535
 
 
-def _fit_lavapipe_loop_budget(
-    cells: int, block_frames: int, max_steps_per_sample: int, max_events: int
-) -> int:
+def _fit_lavapipe_loop_budget(block_frames: int, max_steps_per_sample: int, max_events: int) -> int:
     """The largest steps per sample a lavapipe dispatch can run correctly (≤ the asked)."""
-    fixed = 3 * cells + block_frames * (max_events + 1)
-    per_step = cells + 1  # the cell loop and the substep loop
-    fits = (_LAVAPIPE_LOOP_BUDGET - fixed) // (block_frames * per_step)
+    fixed = 4 * _CELLS + block_frames * (max_events + 1)  # state, event and sample loops
+    fits = (_LAVAPIPE_LOOP_BUDGET - fixed) // block_frames  # one substep-loop pass a step
     if fits < 1:
         raise ValueError(
             f"a {block_frames}-frame block does not fit lavapipe's {_LAVAPIPE_LOOP_BUDGET} loop "
-            f"iterations per invocation ({cells} cells an invocation); use smaller blocks"
+            f"iterations per invocation; use smaller blocks"
         )
     if fits < max_steps_per_sample:
         log.warning(
@@ -78,8 +75,8 @@ class GpuFdtd:
         max_steps_per_sample: largest oversampling factor of a voice.
         max_events_per_voice: most parameter events a voice may have in one block.
         adapter: a ``wgpu.GPUAdapter``, or a name for :func:`engine.gpu.choose_adapter`.
-        workgroup_size: invocations per voice; ``grid_n²`` must be a multiple of it.
-            ``None``: 256.
+
+    Each voice runs as one workgroup of ``grid_n² / 4`` invocations (1024 at 64×64).
 
     Raises:
         NoAdapterError: no adapter, or its limits are too small (with the numbers).
@@ -98,7 +95,6 @@ class GpuFdtd:
         max_steps_per_sample: int = 16,
         max_events_per_voice: int = 32,
         adapter: wgpu.GPUAdapter | str | None = None,
-        workgroup_size: int | None = None,
     ) -> None:
         t0 = time.perf_counter()
         if not isinstance(adapter, wgpu.GPUAdapter):
@@ -106,18 +102,12 @@ class GpuFdtd:
         self.adapter = adapter
         self.adapter_summary: str = adapter.summary
         self.is_cpu_adapter: bool = adapter.info.get("adapter_type") == "CPU"
-        if workgroup_size is None:
-            workgroup_size = _WORKGROUP
-        if grid_n * grid_n % workgroup_size != 0:
-            raise ValueError(
-                f"grid_n²={grid_n * grid_n} is not a multiple of workgroup_size={workgroup_size}"
-            )
+        if grid_n % 2 or not 8 <= grid_n <= 64:
+            raise ValueError(f"grid_n={grid_n}: the kernel takes even sizes from 8 to 64")
+        workgroup_size = grid_n * grid_n // _CELLS
         if self.is_cpu_adapter:
             max_steps_per_sample = _fit_lavapipe_loop_budget(
-                grid_n * grid_n // workgroup_size,
-                block_frames,
-                max_steps_per_sample,
-                max_events_per_voice,
+                block_frames, max_steps_per_sample, max_events_per_voice
             )
         self.grid_n = grid_n
         self.max_voices = max_voices
@@ -141,6 +131,7 @@ class GpuFdtd:
             adapter,
             workgroup_storage_bytes=2 * nn * 4,
             storage_buffer_bytes=max(sizes.values()),
+            invocations_per_workgroup=workgroup_size,
         )
         dev = self.device
         self._headers = dev.create_buffer(label="headers", size=sizes["headers"], usage=_STORAGE_IN)
@@ -179,7 +170,7 @@ class GpuFdtd:
 
         shader = dev.create_shader_module(
             label="fdtd",
-            code=load_shader("fdtd", GRID_N=grid_n, WORKGROUP_SIZE=workgroup_size),
+            code=load_shader("fdtd", GRID_N=grid_n),
         )
         self._pipeline = dev.create_compute_pipeline(
             layout="auto", compute={"module": shader, "entry_point": "main"}

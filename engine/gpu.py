@@ -115,7 +115,11 @@ def choose_adapter(name: str | None = None) -> wgpu.GPUAdapter:
 
 
 def create_device(
-    adapter: wgpu.GPUAdapter, *, workgroup_storage_bytes: int, storage_buffer_bytes: int
+    adapter: wgpu.GPUAdapter,
+    *,
+    workgroup_storage_bytes: int,
+    storage_buffer_bytes: int,
+    invocations_per_workgroup: int = 256,
 ) -> wgpu.GPUDevice:
     """A device with the workgroup memory and buffer sizes the engine needs.
 
@@ -125,16 +129,26 @@ def create_device(
     limits = adapter.limits
     have_wg = limits["max-compute-workgroup-storage-size"]
     have_buf = limits["max-storage-buffer-binding-size"]
-    if workgroup_storage_bytes > have_wg or storage_buffer_bytes > have_buf:
+    have_inv = min(
+        limits["max-compute-invocations-per-workgroup"], limits["max-compute-workgroup-size-x"]
+    )
+    if (
+        workgroup_storage_bytes > have_wg
+        or storage_buffer_bytes > have_buf
+        or invocations_per_workgroup > have_inv
+    ):
         raise NoAdapterError(
-            f"adapter {adapter.summary} allows {have_wg} bytes of workgroup memory and "
-            f"{have_buf}-byte storage buffers; the engine needs {workgroup_storage_bytes} and "
-            f"{storage_buffer_bytes}. Use a smaller grid or fewer voices."
+            f"adapter {adapter.summary} allows {have_wg} bytes of workgroup memory, "
+            f"{have_buf}-byte storage buffers and {have_inv} invocations a workgroup; the engine "
+            f"needs {workgroup_storage_bytes}, {storage_buffer_bytes} and "
+            f"{invocations_per_workgroup}. Use a smaller grid or fewer voices."
         )
     return adapter.request_device_sync(
         required_limits={
             "max-compute-workgroup-storage-size": workgroup_storage_bytes,
             "max-storage-buffer-binding-size": storage_buffer_bytes,
+            "max-compute-invocations-per-workgroup": invocations_per_workgroup,
+            "max-compute-workgroup-size-x": invocations_per_workgroup,
             "max-buffer-size": min(limits["max-buffer-size"], max(storage_buffer_bytes, 1 << 28)),
         }
     )
