@@ -144,6 +144,6 @@ def test_gpu_notes_in_tune(adapter, seed):
     gpu = GpuFdtd(64, 2, 256, adapter=adapter)
     errors = {}
     for note in (40, 67, 88):
-        y = render_note(gpu, preset, note, 0.3)
+        y = render_note(gpu, preset, note, 0.2)
         errors[note] = cents(fundamental_hz(y, 48_000), note_to_hz(note))
     assert max(abs(e) for e in errors.values()) < 3.0, f"seed={seed}: cents off: {errors}"
