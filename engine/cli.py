@@ -70,7 +70,9 @@ def _render(args: argparse.Namespace) -> int:
 
 def _describe(backend) -> str:
     summary = getattr(backend, "adapter_summary", None)
-    return f"the GPU kernel ({summary})" if summary else f"{type(backend).__name__}"
+    if summary:
+        return f"the GPU kernel ({summary})"
+    return f"the numba CPU backend ({type(backend).__name__})"
 
 
 def _presets(args: argparse.Namespace) -> int:

@@ -106,6 +106,11 @@ class GpuFdtd:
             raise ValueError(f"grid_n={grid_n}: the kernel takes even sizes from 8 to 64")
         workgroup_size = grid_n * grid_n // _CELLS
         if self.is_cpu_adapter:
+            log.warning(
+                "the GPU kernel runs on the CPU Vulkan adapter %s: slow (the numba backend, "
+                "--backend cpu, is ~100× faster on the same cores)",
+                self.adapter_summary,
+            )
             max_steps_per_sample = _fit_lavapipe_loop_budget(
                 block_frames, max_steps_per_sample, max_events_per_voice
             )

@@ -106,9 +106,7 @@ def choose_adapter(name: str | None = None) -> wgpu.GPUAdapter:
     adapters.sort(key=lambda a: _TYPE_RANK.get(a.info.get("adapter_type", "Unknown"), 4))
     adapter = adapters[0]
     if adapter.info.get("adapter_type") == "CPU":
-        log.warning(
-            "no GPU adapter found; falling back to the CPU Vulkan adapter %s (slow)", adapter.summary
-        )
+        log.info("no GPU adapter found; the CPU Vulkan adapter %s is the only one", adapter.summary)
     else:
         log.info("wgpu adapter %s", adapter.summary)
     return adapter

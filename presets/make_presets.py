@@ -4,8 +4,8 @@
   stiffness s = 1 in the middle, rising smoothly to 2.5 at the edges (s = 1 + 1.5·e^(−r/1.5),
   r the distance to the nearest edge in cells); damping 1.2 1/s in the middle rising to 8 1/s at
   the rim (the rim soaks up energy like a clamped frame); frequency-dependent loss
-  σ₁ = 3·10⁻⁴ m²/s, so overtones ten times the fundamental fade in about two seconds while the
-  fundamental rings for about five. Struck off-centre so that most low modes sound; two
+  σ₁ = 6·10⁻⁵ m²/s, so overtones ten times the fundamental fade in about ten seconds (and the
+  highest in a few hundred ms) while the fundamental rings for about five. Struck off-centre so that most low modes sound; two
   pickups on opposite sides give a wide stereo image.
 
 Run: ``.venv/bin/python presets/make_presets.py``
@@ -36,9 +36,9 @@ def plate(n: int = 64) -> Preset:
         stiffness=stiffness.astype(np.float32),
         damping_per_s=damping.astype(np.float32),
         size_m=0.4,
-        loss_m2_per_s=3e-4,
+        loss_m2_per_s=6e-5,
         boundary=0.0,
-        excitation={"x": 0.37, "y": 0.41, "width": 0.03, "contact_time_s": 0.0015, "kind": "strike"},
+        excitation={"x": 0.37, "y": 0.41, "width": 0.03, "contact_time_s": 0.0009, "kind": "strike"},
         pickups={"left": [0.71, 0.33], "right": [0.29, 0.62]},
         gain_db=0.0,
         meta={
