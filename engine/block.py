@@ -23,7 +23,7 @@ All arrays are allocated once for the largest block; :meth:`BlockPlan.clear` onl
 counters, so building a block allocates nothing on the GPU side.
 
 Public API: ``RECORD_DTYPE``, ``HEADER_DTYPE``, ``EVENT_DTYPE``, ``RECORD_RESET``,
-``BlockPlan``, ``FdtdBackend``.
+``BlockPlan``, ``FdtdBackend``, ``check_map``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "RECORD_RESET",
     "BlockPlan",
     "FdtdBackend",
+    "check_map",
 ]
 
 #: Flag bit in ``records["flags"]``: zero the voice's field (both time levels) when the
@@ -210,6 +211,25 @@ class BlockPlan:
         n_fine = int(h["n_samples"]) * int(h["steps_per_sample"])
         off = int(h["out_offset"])
         return pickups[off : off + 2 * n_fine].reshape(2, n_fine)
+
+
+def check_map(
+    grid_n: int, n_map_slots: int, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray
+) -> None:
+    """What every backend's ``upload_map`` checks first: the slot, the shapes, finiteness.
+
+    Raises:
+        ValueError: naming the slot or the array and what is wrong with it.
+    """
+    if not 0 <= slot < n_map_slots:
+        raise ValueError(f"map slot {slot} outside 0..{n_map_slots - 1}")
+    for name, arr in (("stiffness", stiffness), ("damping_per_s", damping_per_s)):
+        if np.shape(arr) != (grid_n, grid_n):
+            raise ValueError(
+                f"{name} has shape {np.shape(arr)}; this engine needs ({grid_n}, {grid_n})"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or Inf")
 
 
 class FdtdBackend(Protocol):

@@ -70,7 +70,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .block import RECORD_DTYPE, RECORD_RESET, BlockPlan
+from .block import RECORD_DTYPE, RECORD_RESET, BlockPlan, check_map
 
 __all__ = ["CpuFdtd", "warm_up"]
 
@@ -586,14 +586,7 @@ class CpuFdtd:
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
         """Make a material map resident in ``slot``; arrays are ``(grid_n, grid_n)``."""
-        n = self.grid_n
-        if not 0 <= slot < self.n_map_slots:
-            raise ValueError(f"map slot {slot} outside 0..{self.n_map_slots - 1}")
-        for name, arr in (("stiffness", stiffness), ("damping_per_s", damping_per_s)):
-            if np.shape(arr) != (n, n):
-                raise ValueError(f"{name} has shape {np.shape(arr)}; this engine needs ({n}, {n})")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"{name} contains NaN or Inf")
+        check_map(self.grid_n, self.n_map_slots, slot, stiffness, damping_per_s)
         self._maps[slot, 0] = np.reshape(stiffness, -1)
         self._maps[slot, 1] = np.reshape(damping_per_s, -1)
 

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import wgpu
 
-from .block import EVENT_DTYPE, HEADER_DTYPE, RECORD_DTYPE, BlockPlan
+from .block import EVENT_DTYPE, HEADER_DTYPE, RECORD_DTYPE, BlockPlan, check_map
 from .gpu import choose_adapter, create_device, load_shader
 
 __all__ = ["GpuFdtd"]
@@ -220,14 +220,7 @@ class GpuFdtd:
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
         """Make a material map resident in ``slot``; arrays are ``(grid_n, grid_n)``."""
-        n = self.grid_n
-        if not 0 <= slot < self.n_map_slots:
-            raise ValueError(f"map slot {slot} outside 0..{self.n_map_slots - 1}")
-        for name, arr in (("stiffness", stiffness), ("damping_per_s", damping_per_s)):
-            if np.shape(arr) != (n, n):
-                raise ValueError(f"{name} has shape {np.shape(arr)}; this engine needs ({n}, {n})")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"{name} contains NaN or Inf")
+        check_map(self.grid_n, self.n_map_slots, slot, stiffness, damping_per_s)
         data = np.stack([stiffness, damping_per_s]).astype(np.float32)
         self.device.queue.write_buffer(self._maps, slot * data.nbytes, data)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .block import RECORD_RESET, BlockPlan
+from .block import RECORD_RESET, BlockPlan, check_map
 
 __all__ = ["laplacian", "coefficients", "bilinear", "ReferenceFdtd"]
 
@@ -122,6 +122,7 @@ class ReferenceFdtd:
         self.pickups = np.zeros(max_voices * 2 * block_frames * max_steps_per_sample)
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
+        check_map(self.grid_n, self.n_map_slots, slot, stiffness, damping_per_s)
         self.maps[slot, 0] = stiffness
         self.maps[slot, 1] = damping_per_s
 
