@@ -44,9 +44,14 @@ _LAVAPIPE_LOOP_BUDGET = 65_535
 
 
 def _fit_lavapipe_loop_budget(block_frames: int, max_steps_per_sample: int, max_events: int) -> int:
-    """The largest steps per sample a lavapipe dispatch can run correctly (≤ the asked)."""
-    fixed = 4 * _CELLS + block_frames * (max_events + 1)  # state, event and sample loops
-    fits = (_LAVAPIPE_LOOP_BUDGET - fixed) // block_frames  # one substep-loop pass a step
+    """The largest steps per sample a lavapipe dispatch can run correctly (≤ the asked).
+
+    Loop passes an invocation makes in one dispatch: the state loops (4·CELLS), per output
+    sample the sample loop and at least one pass of the event loop, one more pass per event,
+    and one substep-loop pass per FDTD step.
+    """
+    fixed = 4 * _CELLS + 2 * block_frames + max_events
+    fits = (_LAVAPIPE_LOOP_BUDGET - fixed) // block_frames
     if fits < 1:
         raise ValueError(
             f"a {block_frames}-frame block does not fit lavapipe's {_LAVAPIPE_LOOP_BUDGET} loop "

@@ -310,13 +310,14 @@ def test_bad_sizes_and_maps_are_refused(adapter):
         gpu.upload_map(9, np.ones((32, 32)), np.zeros((32, 32)))
 
 
-def test_longest_dispatch_matches_reference(adapter, seed):
+@pytest.mark.parametrize("n, frames", [(64, 256), (32, 4096)])
+def test_longest_dispatch_matches_reference(adapter, seed, n, frames):
     """One voice at the largest steps per sample the backend allows, a whole block in one
-    dispatch. Guards lavapipe's per-invocation loop budget (65 535 iterations, silently
-    exceeded: the field froze after ~62 000 cell updates an invocation)."""
+    dispatch (4096 steps; 53 248 at 32×32 with 4096-frame blocks on lavapipe, near its budget).
+    Guards lavapipe's per-invocation loop budget (65 535 loop passes, silently exceeded: the
+    field froze after ~62 000 cell updates an invocation)."""
     rng = np.random.default_rng(seed)
-    n, frames = 64, 256
-    gpu = GpuFdtd(n, 1, frames, adapter=adapter)
+    gpu = GpuFdtd(n, 1, frames, adapter=adapter, max_events_per_voice=4)
     ref = ReferenceFdtd(n, 1, frames)
     s = smooth_map(rng, n, 0.5, 2.0)
     for b in (gpu, ref):
@@ -324,7 +325,9 @@ def test_longest_dispatch_matches_reference(adapter, seed):
             b.upload_map(slot, s, np.full((n, n), 1.0))
     plan = gpu.new_plan()
     plan.add_record(random_record(rng, n, s.max(), flags=RECORD_RESET))
-    plan.add_voice(0, gpu.max_steps_per_sample, 0, pulse(rng, frames, 0))
+    plan.add_record(random_record(rng, n, s.max()))
+    events = [(int(e), 1) for e in sorted(rng.integers(1, frames, size=4))]
+    plan.add_voice(0, gpu.max_steps_per_sample, 0, pulse(rng, frames, 0), events)
     g, r = run_both(gpu, ref, plan)
     tail = slice(len(g) // 2, None)  # the last half of the block is where the budget ran out
     err = np.linalg.norm(g[tail] - r[tail]) / np.linalg.norm(r[tail])
