@@ -202,16 +202,39 @@ def bench_numba(voices: int, dtype, min_s: float) -> float | None:
     return t / (voices * BLOCK) * 1e6
 
 
-def startup_to_first_block(adapter_name: str | None) -> float:
+def bench_spsa_call(kind: str, adapter, dtype=np.float32) -> float | None:
+    """Seconds for 8 voices × 4096 steps in one call: the forward passes of one SPSA step."""
+    rng = np.random.default_rng(0)
+    if kind == "gpu":
+        from engine.fdtd import GpuFdtd
+
+        backend = GpuFdtd(N, 8, 4096, adapter=adapter, max_steps_per_sample=1, max_events_per_voice=1)
+    else:
+        try:
+            from engine.cpu import CpuFdtd
+        except ImportError:
+            return None
+        backend = CpuFdtd(N, 8, 4096, dtype=dtype, max_steps_per_sample=1, max_events_per_voice=1)
+    _maps(backend, rng)
+    plan = backend.new_plan()
+    _fill(plan, 8, rng)
+    return _timeit(lambda: backend.run(plan), 0.5, 10)
+
+
+def startup_to_first_block(adapter_name: str | None, backend: str = "gpu") -> float:
     """Seconds from a fresh process to the first rendered block (measured in a subprocess)."""
     import subprocess
 
+    make = (
+        f"from engine.fdtd import GpuFdtd\ng = GpuFdtd(64, 32, 256, adapter={adapter_name!r})\n"
+        if backend == "gpu"
+        else "from engine.cpu import CpuFdtd\ng = CpuFdtd(64, 32, 256)\n"
+    )
     code = (
         "import time; t0 = time.perf_counter()\n"
         "import numpy as np\n"
-        "from engine.fdtd import GpuFdtd\n"
         "from engine.block import RECORD_DTYPE\n"
-        f"g = GpuFdtd(64, 32, 256, adapter={adapter_name!r})\n"
+        + make +
         "p = g.new_plan(); r = np.zeros((), RECORD_DTYPE); r['c2'] = 0.2\n"
         "p.add_voice(0, 1, p.add_record(r), np.ones(256)); g.run(p)\n"
         "print(time.perf_counter() - t0)\n"
@@ -277,6 +300,21 @@ def main() -> None:
     realtime_voices = 1e6 / (best * RATE_HZ)
     long_us = bench_long_dispatch(adapter, min_s)
     startup = startup_to_first_block(args.adapter)
+    spsa = {
+        "fused (wgpu)": bench_spsa_call("gpu", adapter),
+        "numba32": bench_spsa_call("cpu", adapter, np.float32),
+        "numba64": bench_spsa_call("cpu", adapter, np.float64),
+    }
+    numba_rows = [r[5] for r in rows if np.isfinite(r[5])]
+    numba_rt = 1e6 / (min(numba_rows) * RATE_HZ) if numba_rows else float("nan")
+    import os
+    import tempfile
+
+    startup_numba = startup_to_first_block(None, "cpu")  # warm numba cache
+    with tempfile.TemporaryDirectory() as cold:
+        os.environ["NUMBA_CACHE_DIR"] = cold
+        startup_numba_cold = startup_to_first_block(None, "cpu")
+        del os.environ["NUMBA_CACHE_DIR"]
 
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
@@ -296,7 +334,12 @@ def main() -> None:
         f"- grid-steps per second at best: {1e6 / best:,.0f}; real-time voices at 48 kHz "
         f"(one step per sample): **{realtime_voices:.1f}**",
         f"- one voice, {BLOCK}×max steps per sample inside one dispatch: **{long_us:.2f} µs per step**",
-        f"- start-up to the first rendered block (fresh process, 32 voices): **{startup:.2f} s**",
+        f"- start-up to the first rendered block (fresh process, 32 voices): **{startup:.2f} s** "
+        f"on the GPU kernel; numba: **{startup_numba:.2f} s** warm cache, "
+        f"{startup_numba_cold:.1f} s cold (compiling)",
+        f"- numba float32 real-time voices at 48 kHz (best row): **{numba_rt:.1f}**",
+        "- 8 voices × 4096 steps in one call (one SPSA step's forward passes): "
+        + ", ".join(f"{k} **{v * 1e3:.1f} ms**" for k, v in spsa.items() if v is not None),
         "",
     ]
     text = "\n".join(lines)
