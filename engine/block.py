@@ -23,7 +23,7 @@ All arrays are allocated once for the largest block; :meth:`BlockPlan.clear` onl
 counters, so building a block allocates nothing on the GPU side.
 
 Public API: ``RECORD_DTYPE``, ``HEADER_DTYPE``, ``EVENT_DTYPE``, ``RECORD_RESET``,
-``BlockPlan``, ``FdtdBackend``, ``check_map``.
+``BlockPlan``, ``FdtdBackend``, ``check_map``, ``check_fields``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ __all__ = [
     "BlockPlan",
     "FdtdBackend",
     "check_map",
+    "check_fields",
 ]
 
 #: Flag bit in ``records["flags"]``: zero the voice's field (both time levels) when the
@@ -213,6 +214,16 @@ class BlockPlan:
         return pickups[off : off + 2 * n_fine].reshape(2, n_fine)
 
 
+def check_fields(grid_n: int, max_voices: int, slot: int, fields: np.ndarray) -> None:
+    """What every backend's ``write_fields`` checks: the slot, the shape ``(2, N, N)``, finiteness."""
+    if not 0 <= slot < max_voices:
+        raise ValueError(f"voice slot {slot} outside 0..{max_voices - 1}")
+    if np.shape(fields) != (2, grid_n, grid_n):
+        raise ValueError(f"fields have shape {np.shape(fields)}; expected (2, {grid_n}, {grid_n})")
+    if not np.all(np.isfinite(fields)):
+        raise ValueError("fields contain NaN or Inf")
+
+
 def check_map(
     grid_n: int, n_map_slots: int, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray
 ) -> None:
@@ -254,4 +265,9 @@ class FdtdBackend(Protocol):
 
     def read_fields(self, slot: int) -> np.ndarray:
         """The voice's two time levels ``(u^{n-1}, u^n)`` as float arrays ``(2, N, N)``."""
+        ...
+
+    def write_fields(self, slot: int, fields: np.ndarray) -> None:
+        """Set the voice's ``(u^{n-1}, u^n)``: restart from a checkpoint (the adjoint pass
+        replays the forward run block by block from saved states)."""
         ...

@@ -70,7 +70,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .block import RECORD_DTYPE, RECORD_RESET, BlockPlan, check_map
+from .block import RECORD_DTYPE, RECORD_RESET, BlockPlan, check_fields, check_map
 
 __all__ = ["CpuFdtd", "warm_up"]
 
@@ -653,6 +653,13 @@ class CpuFdtd:
             _DUP_SLOT: f"field slot {int(h['slot'])} dispatched twice in one block",
         }[code]
         raise ValueError(f"plan voice {v}: {what}")
+
+    def write_fields(self, slot: int, fields: np.ndarray) -> None:
+        """Set the voice's ``(u^{n-1}, u^n)`` (``(2, N, N)``) before the next block."""
+        check_fields(self.grid_n, self.max_voices, slot, fields)
+        n, pitch, base = self.grid_n, self._pitch, self._base
+        grid = self._fields[slot, :, base : base + n * pitch].reshape(2, n, pitch)
+        grid[:, :, :n] = fields
 
     def read_fields(self, slot: int) -> np.ndarray:
         """The voice's ``(u^{n-1}, u^n)`` after the last block, ``(2, N, N)`` in this dtype."""

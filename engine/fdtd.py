@@ -27,7 +27,7 @@ import time
 import numpy as np
 import wgpu
 
-from .block import EVENT_DTYPE, HEADER_DTYPE, RECORD_DTYPE, BlockPlan, check_map
+from .block import EVENT_DTYPE, HEADER_DTYPE, RECORD_DTYPE, BlockPlan, check_fields, check_map
 from .gpu import choose_adapter, create_device, load_shader
 
 __all__ = ["GpuFdtd"]
@@ -259,6 +259,12 @@ class GpuFdtd:
         finally:
             self._staging.unmap()
         return self._out[: plan.out_size]
+
+    def write_fields(self, slot: int, fields: np.ndarray) -> None:
+        """Set the voice's ``(u^{n-1}, u^n)`` (float32 ``(2, N, N)``) before the next block."""
+        check_fields(self.grid_n, self.max_voices, slot, fields)
+        data = np.ascontiguousarray(fields, np.float32)
+        self.device.queue.write_buffer(self._fields, slot * data.nbytes, data)
 
     def read_fields(self, slot: int) -> np.ndarray:
         """The voice's ``(u^{n-1}, u^n)`` after the last block, float32 ``(2, N, N)``."""

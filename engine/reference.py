@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .block import RECORD_RESET, BlockPlan, check_map
+from .block import RECORD_RESET, BlockPlan, check_fields, check_map
 
 __all__ = ["laplacian", "coefficients", "bilinear", "ReferenceFdtd"]
 
@@ -128,6 +128,10 @@ class ReferenceFdtd:
 
     def read_fields(self, slot: int) -> np.ndarray:
         return self.fields[slot].copy()
+
+    def write_fields(self, slot: int, fields: np.ndarray) -> None:
+        check_fields(self.grid_n, self.max_voices, slot, fields)
+        self.fields[slot] = fields
 
     def run(self, plan: BlockPlan) -> np.ndarray:
         for v in range(plan.n_voices):

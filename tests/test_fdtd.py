@@ -335,3 +335,39 @@ def test_longest_dispatch_matches_reference(adapter, seed, n, frames):
     assert err < 1e-3, (
         f"seed={seed}: {gpu.max_steps_per_sample * frames} steps in one dispatch: rel error {err:.2e}"
     )
+
+
+def test_three_backends_agree_from_a_written_state(adapter, seed):
+    """Start GPU, numba (float32 and float64) and the reference from the same random field
+    (write_fields, as an adjoint replay from a checkpoint does) and run a block with events."""
+    from engine.cpu import CpuFdtd
+
+    rng = np.random.default_rng(seed)
+    n, frames = 32, 200
+    backends = {
+        "gpu": GpuFdtd(n, 2, frames, adapter=adapter),
+        "numba32": CpuFdtd(n, 2, frames, dtype=np.float32),
+        "numba64": CpuFdtd(n, 2, frames, dtype=np.float64),
+        "reference": ReferenceFdtd(n, 2, frames),
+    }
+    maps = random_maps(rng, n)
+    state = np.stack([smooth_map(rng, n, -1e-3, 1e-3), smooth_map(rng, n, -1e-3, 1e-3)])
+    plan = backends["gpu"].new_plan()
+    plan.add_record(random_record(rng, n, 3.0))
+    plan.add_record(random_record(rng, n, 3.0))
+    plan.add_voice(1, 2, 0, pulse(rng, frames, 30), [(int(rng.integers(1, frames)), 1)])
+    out = {}
+    for name, b in backends.items():
+        for slot, (s, d) in enumerate(maps):
+            b.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+        b.write_fields(1, state.astype(np.float32))
+        assert np.allclose(b.read_fields(1), state.astype(np.float32)), name
+        out[name] = np.asarray(b.run(plan), np.float64).copy()
+    r = out["reference"]
+    for name, tol in (("gpu", 1e-4), ("numba32", 1e-4), ("numba64", 1e-10)):
+        err = np.linalg.norm(out[name] - r) / np.linalg.norm(r)
+        assert err < tol, f"seed={seed}: {name} differs from the reference by {err:.2e}"
+    with pytest.raises(ValueError, match=r"fields have shape \(2, 31, 31\); expected \(2, 32, 32\)"):
+        backends["gpu"].write_fields(0, np.zeros((2, 31, 31)))
+    with pytest.raises(ValueError, match="fields contain NaN"):
+        backends["numba32"].write_fields(0, np.full((2, n, n), np.nan))
