@@ -76,7 +76,7 @@ def test_gpu_matches_float64_reference(adapter, seed, grid_n):
     plan = gpu.new_plan()
     steps = {0: 1, 1: 3, 2: 2}  # oversampling per voice slot
     current = {}
-    g_all, r_all = [], []
+    per_voice = {slot: ([], []) for slot in steps}  # fine-rate pickups, GPU and reference
     for block in range(8):
         plan.clear()
         for slot, os_ in steps.items():
@@ -99,12 +99,18 @@ def test_gpu_matches_float64_reference(adapter, seed, grid_n):
                 force = pulse(rng, frames, events[0][0])
             plan.add_voice(slot, os_, head, force, events)
         g, r = run_both(gpu, ref, plan)
-        g_all.append(g)
-        r_all.append(r)
-    g, r = np.concatenate(g_all), np.concatenate(r_all)
-    assert np.linalg.norm(r) > 1e-6, f"seed={seed}: the reference is silent"
-    err = np.linalg.norm(g - r) / np.linalg.norm(r)
-    assert err < 1e-4, f"seed={seed}: relative L2 error {err:.3e} over {8 * frames} samples"
+        for v, slot in enumerate(steps):
+            per_voice[slot][0].append(plan.voice_pickups(g, v))
+            per_voice[slot][1].append(plan.voice_pickups(r, v))
+    for slot, (gs, rs) in per_voice.items():
+        g, r = np.concatenate(gs, axis=1), np.concatenate(rs, axis=1)
+        assert np.linalg.norm(r[:, :2048]) > 1e-6, f"seed={seed}: voice {slot} is silent"
+        # the bound: 1e-4 over 2000 steps (the first 2048 of each voice, events included)
+        err = np.linalg.norm(g[:, :2048] - r[:, :2048]) / np.linalg.norm(r[:, :2048])
+        assert err < 1e-4, f"seed={seed}: voice {slot}: relative L2 error {err:.3e} over 2048 steps"
+        # the whole run (up to 6144 float32 steps) drifts slowly in phase: held to 1e-3
+        err = np.linalg.norm(g - r) / np.linalg.norm(r)
+        assert err < 1e-3, f"seed={seed}: voice {slot}: relative L2 error {err:.3e} over {g.shape[1]} steps"
     for slot in steps:
         # the state after up to 6144 float32 steps (the 3× oversampled voice): rounding
         # accumulates as a slow phase drift, so the whole field is held to 1e-3
