@@ -40,7 +40,8 @@ Threading: ``prange`` over groups of voices, one group a thread: voices longest 
 steps), each to the least loaded thread, so that mixed oversampling factors balance. The
 number of threads is numba's: ``NUMBA_NUM_THREADS`` (default: the number of cores) or
 ``numba.set_num_threads(k)`` called on the render thread; this module sets neither. A single
-voice runs on one core.
+voice runs on one core. The block kernel releases the GIL (``nogil=True``), so the audio
+callback, MIDI input and the GUI keep running while the render thread computes a block.
 
 Compilation and the cache: the kernels compile on first use (about 10 s per dtype) with
 ``cache=True``, which writes the machine code beside this file in ``__pycache__``; later
@@ -421,7 +422,7 @@ def _cost(headers, v):
     return np.int64(headers[v, _H_OS]) * np.int64(headers[v, _H_NS]) + 1
 
 
-@njit(cache=True, parallel=True, fastmath=False)
+@njit(cache=True, parallel=True, fastmath=False, nogil=True)
 def _run_block(
     n_voices, n_records, n_events, headers, recf, reci, events, force, maps, fields, coefs, lup,
     wexp, order, bin_of, grouped, bins, n_threads, out, n, pitch, base, max_os, one,
