@@ -1,0 +1,380 @@
+"""Live audio: a render thread stays ahead of the PortAudio callback through a ring buffer.
+
+Threads and what each may do:
+
+* the **render thread** (:class:`LiveEngine` starts it) owns the :class:`~engine.synth.Synth`
+  and the backend: it drains performance events, renders a block (GPU dispatch or numba
+  kernel, which releases the GIL), and writes the finished frames into the ring;
+* the **audio thread** (PortAudio's callback, :meth:`LiveEngine._callback`) only copies
+  finished frames from the ring into ``outdata``. When the ring is short it plays zeros for the
+  rest and counts an underrun. It never waits, locks, touches the GPU, logs or raises, and
+  writes no buffer that was not allocated in ``__init__``;
+* any other thread (MIDI input callback, GUI) hands events in with :meth:`LiveEngine.post`,
+  stamped with ``time.perf_counter_ns()`` on arrival.
+
+Why a render thread rather than rendering in the callback: the callback runs Python and
+needs the GIL, and the GUI and training share the process. Rendering inside the callback
+would make every period wait for a whole block of physics (0.7 ms on an H100, several ms
+with numba on two cores) and any hiccup — a GUI repaint, a garbage collection, a GPU
+readback — would become an xrun; a thread that stays ``ahead_blocks`` blocks ahead absorbs
+them at the cost of that many blocks of latency. ``bench/latency.py`` measures both.
+
+Timing: an event stamped at ``t`` is played at the output frame that the callback will reach
+``delay`` after ``t`` (``delay`` = the ring's depth plus one block), placed at its exact
+sample offset inside the block being rendered. So events keep their spacing to the sample,
+and the latency is constant instead of jittering with the block grid. An event that arrives
+too late for its frame plays at the start of the next block (counted in ``stats``).
+
+Safety: a block that is not finite, or reaches full scale, is replaced by silence before it
+enters the ring, and the offending voices are reset by the synth's own guard; the synth's
+limiter keeps the mix below full scale.
+
+Public API: ``RingBuffer``, ``LiveEngine``, ``AudioDeviceError``, ``list_output_devices``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .synth import Synth
+
+__all__ = ["RingBuffer", "LiveEngine", "AudioDeviceError", "list_output_devices"]
+
+log = logging.getLogger(__name__)
+
+
+class AudioDeviceError(RuntimeError):
+    """The output device could not be opened, or vanished; the message says which and why."""
+
+
+class RingBuffer:
+    """Single-producer, single-consumer ring of float32 frames, allocated once.
+
+    ``write`` is called by one thread (the render thread), ``read_into`` by one other (the
+    audio callback). The two indices only grow and each is written by one side; under the
+    GIL an int store is atomic, so no lock is needed.
+    """
+
+    def __init__(self, capacity_frames: int, channels: int = 2) -> None:
+        self.capacity = int(capacity_frames)
+        self.channels = channels
+        self._buf = np.zeros((self.capacity, channels), np.float32)
+        self._write = 0
+        self._read = 0
+
+    def readable(self) -> int:
+        return self._write - self._read
+
+    def writable(self) -> int:
+        return self.capacity - (self._write - self._read)
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append ``frames`` (n, channels); the caller checks :meth:`writable` first."""
+        n = len(frames)
+        if n > self.writable():
+            raise ValueError(f"{n} frames do not fit: {self.writable()} writable")
+        start = self._write % self.capacity
+        first = min(n, self.capacity - start)
+        self._buf[start : start + first] = frames[:first]
+        if first < n:
+            self._buf[: n - first] = frames[first:]
+        self._write += n
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Copy up to ``len(out)`` frames into ``out``, zero the rest; returns frames copied."""
+        n = min(len(out), self._write - self._read)
+        start = self._read % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._buf[start : start + first]
+        if first < n:
+            out[first:n] = self._buf[: n - first]
+        if n < len(out):
+            out[n:] = 0.0
+        self._read += n
+        return n
+
+
+def list_output_devices() -> list[dict[str, Any]]:
+    """Audio outputs PortAudio sees: ``index``, ``name``, ``hostapi``, ``channels``, ``default_rate_hz``."""
+    import sounddevice as sd
+
+    apis = sd.query_hostapis()
+    return [
+        {
+            "index": i,
+            "name": d["name"],
+            "hostapi": apis[d["hostapi"]]["name"],
+            "channels": d["max_output_channels"],
+            "default_rate_hz": d["default_samplerate"],
+        }
+        for i, d in enumerate(sd.query_devices())
+        if d["max_output_channels"] > 0
+    ]
+
+
+class LiveEngine:
+    """A synth played live: render thread + ring buffer + PortAudio output stream.
+
+    Arguments:
+        synth: the instrument; its block size is the render granularity.
+        device: output device index or a substring of its name (``None``: the default).
+        period_frames: PortAudio's block size (32–1024).
+        ahead_blocks: how many synth blocks the render thread keeps ready (≥ 1).
+        latency: PortAudio's suggested latency, seconds or ``"low"``/``"high"``.
+        dispatch: applies one posted event to the synth at a block offset; the default
+            understands ``("note_on", note, velocity, channel)``, ``("note_off", note,
+            channel)``, ``("sustain", down, channel)``, ``("pitch_bend", amount, channel)``,
+            ``("all_notes_off", channel)``.
+
+    Methods other than the callback may be called from any thread except where stated.
+    """
+
+    def __init__(
+        self,
+        synth: Synth,
+        *,
+        device: int | str | None = None,
+        period_frames: int = 128,
+        ahead_blocks: int = 2,
+        latency: float | str = "low",
+        dispatch: Callable[[Synth, tuple, int], None] | None = None,
+        capture_s: float = 0.0,
+    ) -> None:
+        if not 32 <= period_frames <= 1024:
+            raise ValueError(f"period_frames={period_frames} outside 32..1024")
+        if ahead_blocks < 1:
+            raise ValueError(f"ahead_blocks={ahead_blocks} must be >= 1")
+        self.synth = synth
+        self.sample_rate_hz = synth.sample_rate_hz
+        self.block_frames = synth.block_frames
+        self.period_frames = period_frames
+        self.device = device
+        self.latency = latency
+        self._dispatch = dispatch or _default_dispatch
+        self.ring = RingBuffer(ahead_blocks * self.block_frames + period_frames)
+        #: frames from an event's arrival to its output frame
+        self.delay_frames = self.ring.capacity + self.block_frames
+        self._events: deque[tuple[int, tuple]] = deque(maxlen=4096)
+        self._stream = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        # clock: frames the callback has consumed, and when (perf_counter_ns)
+        self._frames_read = 0
+        self._clock_ns = 0
+        self._rendered_frames = 0
+        # statistics, preallocated
+        self._cb_us = np.zeros(4096)
+        self._cb_count = 0
+        self._render_us = np.zeros(4096)
+        self._render_count = 0
+        self.underruns = 0
+        self.xruns = 0
+        self.late_events = 0
+        self.silenced_blocks = 0
+        self.device_errors = 0
+        self._capture = np.zeros((int(capture_s * self.sample_rate_hz), 2), np.float32)
+        self._captured = 0
+
+    # ---- control (any thread) ---------------------------------------------------------------
+
+    def post(self, event: tuple, arrival_ns: int | None = None) -> None:
+        """Hand a performance event to the render thread (MIDI/GUI threads)."""
+        self._events.append((time.perf_counter_ns() if arrival_ns is None else arrival_ns, event))
+
+    def start(self) -> None:
+        """Open the output stream and start the render thread.
+
+        Raises:
+            AudioDeviceError: the device is missing or refuses the settings.
+        """
+        import sounddevice as sd
+
+        if self._running:
+            return
+        self._running = True
+        self._prefill()
+        self._thread = threading.Thread(target=self._render_loop, name="neirosynth-render", daemon=True)
+        self._thread.start()
+        try:
+            self._stream = sd.OutputStream(
+                samplerate=self.sample_rate_hz,
+                blocksize=self.period_frames,
+                device=self.device,
+                channels=2,
+                dtype="float32",
+                latency=self.latency,
+                callback=self._callback,
+                finished_callback=self._finished,
+            )
+            self._clock_ns = time.perf_counter_ns()
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            self.stop()
+            raise AudioDeviceError(
+                f"could not open audio output {self.device!r} at {self.sample_rate_hz} Hz with "
+                f"{self.period_frames}-frame periods: {exc}. `neirosynth devices` lists the outputs."
+            ) from exc
+        log.info(
+            "audio: %s, %d Hz, %d-frame periods, output latency %.1f ms",
+            self._stream.device,
+            self.sample_rate_hz,
+            self.period_frames,
+            self.output_latency_s * 1e3,
+        )
+
+    def stop(self) -> None:
+        """Stop the stream and the render thread (idempotent)."""
+        self._running = False
+        if self._stream is not None:
+            try:
+                self._stream.abort(ignore_errors=True)
+                self._stream.close(ignore_errors=True)
+            finally:
+                self._stream = None
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        self._thread = None
+
+    def reopen(self, device: int | str | None = None) -> None:
+        """Stop and start again, on ``device`` if given (after a device vanished)."""
+        self.stop()
+        if device is not None:
+            self.device = device
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._running and self._stream is not None and self._stream.active
+
+    @property
+    def output_latency_s(self) -> float:
+        """PortAudio's reported output latency."""
+        return float(self._stream.latency) if self._stream is not None else float("nan")
+
+    @property
+    def captured(self) -> np.ndarray:
+        """What the render thread handed to the ring so far (tests, live view)."""
+        return self._capture[: self._captured]
+
+    def stats(self) -> dict[str, float]:
+        """Underruns, xruns, callback and render time percentiles in µs."""
+        cb = self._cb_us[: min(self._cb_count, len(self._cb_us))]
+        rd = self._render_us[: min(self._render_count, len(self._render_us))]
+
+        def pct(a: np.ndarray) -> dict[str, float]:
+            if not len(a):
+                return {"min": float("nan"), "median": float("nan"), "p99": float("nan"), "max": float("nan")}
+            return {
+                "min": float(a.min()),
+                "median": float(np.median(a)),
+                "p99": float(np.percentile(a, 99)),
+                "max": float(a.max()),
+            }
+
+        return {
+            "callbacks": self._cb_count,
+            "frames": self._frames_read,
+            "underruns": self.underruns,
+            "xruns": self.xruns,
+            "late_events": self.late_events,
+            "silenced_blocks": self.silenced_blocks,
+            "device_errors": self.device_errors,
+            "callback_us": pct(cb),
+            "render_us": pct(rd),
+        }
+
+    # ---- audio thread ---------------------------------------------------------------------
+
+    def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:
+        t0 = time.perf_counter_ns()
+        if status.output_underflow:
+            self.xruns += 1
+        if self.ring.read_into(outdata) < frames:
+            self.underruns += 1
+        self._frames_read += frames
+        self._clock_ns = t0
+        i = self._cb_count & 4095
+        self._cb_us[i] = (time.perf_counter_ns() - t0) * 1e-3
+        self._cb_count += 1
+
+    def _finished(self) -> None:
+        # PortAudio stopped the stream: stopped by us, or the device went away.
+        if self._running:
+            self.device_errors += 1
+            self._running = False
+
+    # ---- render thread ----------------------------------------------------------------------
+
+    def _prefill(self) -> None:
+        while self.ring.writable() >= self.block_frames:
+            self._render_one()
+
+    def _render_loop(self) -> None:
+        sleep_s = self.period_frames / self.sample_rate_hz / 4
+        while self._running:
+            if self.ring.writable() >= self.block_frames:
+                try:
+                    self._render_one()
+                except Exception:  # noqa: BLE001 - the render thread must survive anything
+                    log.exception("render failed; playing silence for this block")
+                    self.ring.write(np.zeros((self.block_frames, 2), np.float32))
+                    self._rendered_frames += self.block_frames
+            else:
+                time.sleep(sleep_s)
+
+    def _frame_of(self, arrival_ns: int) -> int:
+        """Output frame an event stamped at ``arrival_ns`` plays at."""
+        played = self._frames_read + (arrival_ns - self._clock_ns) * self.sample_rate_hz // 1_000_000_000
+        return int(played) + self.delay_frames
+
+    def _render_one(self) -> None:
+        t0 = time.perf_counter_ns()
+        start = self._rendered_frames
+        end = start + self.block_frames
+        while self._events:
+            arrival, event = self._events[0]
+            frame = self._frame_of(arrival)
+            if frame >= end:
+                break
+            self._events.popleft()
+            if frame < start:
+                self.late_events += 1
+                frame = start
+            self._dispatch(self.synth, event, frame - start)
+        block = self.synth.render_block()
+        lo, hi = float(block.min()), float(block.max())
+        if not (-1.0 < lo and hi < 1.0):  # NaN fails both comparisons
+            self.silenced_blocks += 1
+            block[:] = 0.0
+        self.ring.write(block)
+        if self._captured < len(self._capture):
+            n = min(len(block), len(self._capture) - self._captured)
+            self._capture[self._captured : self._captured + n] = block[:n]
+            self._captured += n
+        self._rendered_frames = end
+        i = self._render_count & 4095
+        self._render_us[i] = (time.perf_counter_ns() - t0) * 1e-3
+        self._render_count += 1
+
+
+def _default_dispatch(synth: Synth, event: tuple, offset: int) -> None:
+    kind = event[0]
+    if kind == "note_on":
+        synth.note_on(event[1], event[2], event[3], offset)
+    elif kind == "note_off":
+        synth.note_off(event[1], event[2], offset)
+    elif kind == "sustain":
+        synth.sustain(bool(event[1]), event[2], offset)
+    elif kind == "pitch_bend":
+        synth.pitch_bend(float(event[1]), event[2], offset)
+    elif kind == "all_notes_off":
+        synth.all_notes_off(event[1], offset)
+    else:
+        log.debug("ignored event %r", event)
