@@ -50,6 +50,10 @@ __all__ = ["RingBuffer", "LiveEngine", "AudioDeviceError", "list_output_devices"
 log = logging.getLogger(__name__)
 
 
+#: A device whose callback has not come for this long is taken for lost.
+_LOST_AFTER_NS = 500_000_000
+
+
 class AudioDeviceError(RuntimeError):
     """The output device could not be opened, or vanished; the message says which and why."""
 
@@ -162,12 +166,20 @@ class LiveEngine:
         #: frames from an event's arrival to its output frame
         self.delay_frames = self.ring.capacity + self.block_frames
         self._events: deque[tuple[int, tuple]] = deque(maxlen=4096)
+        #: (output frame, event) of the last events the render thread applied
+        self.event_log: deque[tuple[int, tuple]] = deque(maxlen=1024)
         self._stream = None
         self._thread: threading.Thread | None = None
         self._running = False
-        # clock: frames the callback has consumed, and when (perf_counter_ns)
+        # clock: frames the callback has consumed; _base_ns is when frame 0 would have been
+        # consumed, the earliest estimate over the callbacks (they come in bursts when the
+        # host's period is longer than ours), drifting up slowly to follow the device clock
         self._frames_read = 0
-        self._clock_ns = 0
+        self._last_callback_ns = 0
+        #: set when the callback stopped coming (the device vanished); cleared by start()
+        self.device_lost = False
+        self._ns_per_frame = 1e9 / self.sample_rate_hz
+        self._base_ns = float("inf")
         self._rendered_frames = 0
         # statistics, preallocated
         self._cb_us = np.zeros(4096)
@@ -199,6 +211,8 @@ class LiveEngine:
         if self._running:
             return
         self._running = True
+        self.device_lost = False
+        self._last_callback_ns = 0
         self._prefill()
         self._thread = threading.Thread(target=self._render_loop, name="neirosynth-render", daemon=True)
         self._thread.start()
@@ -213,7 +227,6 @@ class LiveEngine:
                 callback=self._callback,
                 finished_callback=self._finished,
             )
-            self._clock_ns = time.perf_counter_ns()
             self._stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             self.stop()
@@ -233,11 +246,19 @@ class LiveEngine:
         """Stop the stream and the render thread (idempotent)."""
         self._running = False
         if self._stream is not None:
-            try:
-                self._stream.abort(ignore_errors=True)
-                self._stream.close(ignore_errors=True)
-            finally:
-                self._stream = None
+            stream, self._stream = self._stream, None
+            # A vanished device (a JACK server gone) can hang PortAudio's abort forever: close
+            # from a helper thread and leave the stream behind if it does not answer.
+            closer = threading.Thread(
+                target=lambda: (stream.abort(ignore_errors=True), stream.close(ignore_errors=True)),
+                name="neirosynth-audio-close",
+                daemon=True,
+            )
+            closer.start()
+            closer.join(timeout=1.0)
+            if closer.is_alive():
+                self.device_errors += 1
+                log.error("audio device %r did not answer while closing; left behind", self.device)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
         self._thread = None
@@ -251,7 +272,13 @@ class LiveEngine:
 
     @property
     def running(self) -> bool:
-        return self._running and self._stream is not None and self._stream.active
+        """The stream plays and its callback keeps coming."""
+        return (
+            self._running
+            and not self.device_lost
+            and self._stream is not None
+            and self._stream.active
+        )
 
     @property
     def output_latency_s(self) -> float:
@@ -294,12 +321,17 @@ class LiveEngine:
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info, status) -> None:
         t0 = time.perf_counter_ns()
+        self._last_callback_ns = t0
         if status.output_underflow:
             self.xruns += 1
         if self.ring.read_into(outdata) < frames:
             self.underruns += 1
+        base = t0 - self._frames_read * self._ns_per_frame
+        if base < self._base_ns:
+            self._base_ns = base
+        else:
+            self._base_ns += 1e-3 * (base - self._base_ns)
         self._frames_read += frames
-        self._clock_ns = t0
         i = self._cb_count & 4095
         self._cb_us[i] = (time.perf_counter_ns() - t0) * 1e-3
         self._cb_count += 1
@@ -319,6 +351,15 @@ class LiveEngine:
     def _render_loop(self) -> None:
         sleep_s = self.period_frames / self.sample_rate_hz / 4
         while self._running:
+            last = self._last_callback_ns
+            if last and not self.device_lost and time.perf_counter_ns() - last > _LOST_AFTER_NS:
+                self.device_lost = True
+                self.device_errors += 1
+                log.error(
+                    "audio device %r stopped calling back (vanished?); reopen it or choose "
+                    "another with `neirosynth devices`",
+                    self.device,
+                )
             if self.ring.writable() >= self.block_frames:
                 try:
                     self._render_one()
@@ -331,8 +372,9 @@ class LiveEngine:
 
     def _frame_of(self, arrival_ns: int) -> int:
         """Output frame an event stamped at ``arrival_ns`` plays at."""
-        played = self._frames_read + (arrival_ns - self._clock_ns) * self.sample_rate_hz // 1_000_000_000
-        return int(played) + self.delay_frames
+        if self._base_ns == float("inf"):  # no callback yet: play at once
+            return self._rendered_frames
+        return int(round((arrival_ns - self._base_ns) / self._ns_per_frame)) + self.delay_frames
 
     def _render_one(self) -> None:
         t0 = time.perf_counter_ns()
@@ -348,6 +390,7 @@ class LiveEngine:
                 self.late_events += 1
                 frame = start
             self._dispatch(self.synth, event, frame - start)
+            self.event_log.append((frame, event))
         block = self.synth.render_block()
         lo, hi = float(block.min()), float(block.max())
         if not (-1.0 < lo and hi < 1.0):  # NaN fails both comparisons

@@ -1,0 +1,168 @@
+"""Live audio through real PortAudio into a real JACK server (dummy backend, real time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.audio import LiveEngine, RingBuffer
+from engine.cpu import CpuFdtd
+from engine.presets import Preset
+from engine.synth import note_to_hz
+from test_tuning import cents, fundamental_hz
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ring_buffer_against_a_deque(seed):
+    """Random write/read chunk sizes, wrap-around, short reads padded with zeros."""
+    rng = np.random.default_rng(seed)
+    ring = RingBuffer(int(rng.integers(16, 200)))
+    model: deque[float] = deque()
+    counter = 0.0
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            n = int(rng.integers(0, ring.writable() + 1))
+            frames = (counter + np.arange(n, dtype=np.float32))[:, None].repeat(2, axis=1)
+            counter += n
+            ring.write(frames)
+            model.extend(frames[:, 0])
+        else:
+            out = np.full((int(rng.integers(1, 64)), 2), -1.0, np.float32)
+            got = ring.read_into(out)
+            want = [model.popleft() for _ in range(min(len(out), len(model)))]
+            assert got == len(want), f"seed={seed}"
+            assert np.array_equal(out[:got, 0], np.array(want, np.float32)), f"seed={seed}"
+            assert np.all(out[got:] == 0.0), f"seed={seed}: a short read is not zero-padded"
+        assert ring.readable() == len(model)
+    with pytest.raises(ValueError, match="do not fit"):
+        ring.write(np.zeros((ring.writable() + 1, 2), np.float32))
+
+
+def _preset(n: int = 32) -> Preset:
+    return Preset(
+        name="live",
+        stiffness=np.ones((n, n), np.float32),
+        damping_per_s=np.full((n, n), 2.0, np.float32),
+        size_m=0.2,
+        loss_m2_per_s=2e-5,
+    )
+
+
+@pytest.fixture(scope="module")
+def jack_output(jack_server):
+    """PortAudio re-scanned with the JACK server up; yields the JACK output device index.
+    PortAudio is terminated before the server stops (its JACK host API asserts otherwise)."""
+    import sounddevice as sd
+
+    sd._terminate()
+    sd._initialize()
+    jack = [i for i, d in enumerate(sd.query_devices())
+            if sd.query_hostapis()[d["hostapi"]]["name"] == "JACK Audio Connection Kit"
+            and d["max_output_channels"] >= 2]
+    assert jack, f"PortAudio sees no JACK output: {sd.query_devices()}"
+    yield jack[0]
+    sd._terminate()
+
+
+def test_live_note_plays_in_tune_at_real_pace(jack_output):
+    from engine.synth import Synth
+
+    synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000)
+    engine = LiveEngine(synth, device=jack_output, period_frames=128, capture_s=2.0)
+    engine.start()
+    t0 = time.perf_counter()
+    engine.post(("note_on", 57, 100, 0))
+    time.sleep(1.5)
+    elapsed = time.perf_counter() - t0
+    stats = engine.stats()
+    engine.stop()
+    print(stats)
+    # the callback ran at the device's pace: frames consumed ≈ wall time × rate
+    assert 0.8 < stats["frames"] / (elapsed * 48_000) < 1.2, stats
+    assert stats["silenced_blocks"] == 0 and stats["device_errors"] == 0, stats
+    audio = engine.captured
+    assert np.all(np.isfinite(audio)) and 1e-3 < np.abs(audio).max() < 1.0
+    onset = int(np.argmax(np.abs(audio[:, 0]) > 1e-4))
+    y = audio[onset : onset + 48_000, 0]
+    assert abs(cents(fundamental_hz(y, 48_000), note_to_hz(57))) < 3.0
+
+
+def test_events_keep_their_spacing_to_the_sample(jack_output):
+    """Two notes stamped 100 ms apart start 4800 samples apart, whatever the block grid."""
+    from engine.synth import Synth
+
+    synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000)
+    engine = LiveEngine(synth, device=jack_output, period_frames=128, capture_s=2.0)
+    engine.start()
+    time.sleep(0.2)
+    t = time.perf_counter_ns()
+    engine.post(("note_on", 60, 100, 0), arrival_ns=t)
+    engine.post(("note_on", 67, 100, 1), arrival_ns=t + 100_000_000)
+    time.sleep(0.6)
+    engine.stop()
+    (f1, e1), (f2, e2) = list(engine.event_log)
+    assert (e1[1], e2[1]) == (60, 67)
+    assert f2 - f1 == 4800, f"events 100 ms apart landed {f2 - f1} samples apart"
+    assert engine.stats()["late_events"] == 0
+    audio = engine.captured[:, 0]
+    assert np.all(audio[:f1] == 0.0) and np.any(audio[f1 : f1 + 64] != 0.0)
+
+
+VANISH = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, time
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    os.environ.update(JACK_DEFAULT_SERVER="neirosynth-vanish-{pid}", JACK_NO_AUDIO_RESERVATION="1")
+    jackd = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    import numpy as np, sounddevice as sd
+    from engine.audio import LiveEngine, AudioDeviceError
+    from engine.cpu import CpuFdtd
+    from engine.synth import Synth
+    from test_audio import _preset
+    dev = [i for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] >= 2][0]
+    engine = LiveEngine(Synth(CpuFdtd(32, 2, 128), _preset()), device=dev)
+    engine.start()
+    engine.post(("note_on", 60, 100, 0))
+    time.sleep(0.5)
+    before = engine.stats()["frames"]
+    jackd.kill(); jackd.wait()
+    time.sleep(1.0)
+    after = engine.stats()
+    lost, running = engine.device_lost, engine.running
+    try:
+        engine.reopen()
+        reopened = "reopened"
+    except AudioDeviceError as exc:
+        reopened = "error: " + str(exc)[:200]
+    print(json.dumps({{"before": before, "after": after["frames"], "errors": after["device_errors"],
+                      "lost": lost, "running": running,
+                      "reopen": reopened}}), flush=True)
+    os._exit(0)  # PortAudio's JACK host API asserts at exit once its server is gone
+    """
+)
+
+
+def test_a_vanished_device_is_survived(tmp_path):
+    """Kill the JACK server under a playing stream: no crash, the engine notices, and a reopen
+    gives a clear error while no server runs (a subprocess, so the test run is safe)."""
+    script = tmp_path / "vanish.py"
+    script.write_text(VANISH.format(root=str(ROOT), tests=str(ROOT / "tests"), pid=os.getpid()))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, out.stdout + out.stderr
+    result = json.loads(lines[-1])
+    assert result["before"] > 0, result
+    assert result["lost"] and result["errors"] >= 1 and not result["running"], result
+    assert result["reopen"].startswith("error: could not open audio output"), result
