@@ -47,3 +47,30 @@ def cpu_backend_64():
     from engine.cpu import CpuFdtd
 
     return CpuFdtd(64, 1, 256, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def jack_server():
+    """A real JACK server for the session: ``jackd --no-realtime -d dummy -r 48000 -p 256``.
+
+    Yields a :class:`tests.jack.JackServer` (``name``, ``sample_rate``, ``period``, ``env``...).
+    While it runs, ``os.environ`` carries ``JACK_DEFAULT_SERVER`` (a unique name, so parallel
+    runs never share a server), ``JACK_NO_START_SERVER=1`` and ``JACK_NO_AUDIO_RESERVATION=1``,
+    so JACK clients made in this process (python-rtmidi, PortAudio) reach this server; the old
+    values come back and ``jackd`` is terminated (killed if it hangs) at the end.
+
+    A missing ``jackd`` is a failure, not a skip: CI installs the Debian package jackd2.
+    """
+    from jack import JackError, start_jack_server  # tests/jack.py (tests/ is on sys.path)
+
+    try:
+        server = start_jack_server(sample_rate=48_000, period=256)
+    except JackError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in server.env.items():
+                mp.setenv(key, value)
+            yield server
+    finally:
+        server.stop()
