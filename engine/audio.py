@@ -23,7 +23,11 @@ Timing: an event stamped at ``t`` is played at the output frame that the callbac
 ``delay`` after ``t`` (``delay`` = the ring's depth plus one block), placed at its exact
 sample offset inside the block being rendered. So events keep their spacing to the sample,
 and the latency is constant instead of jittering with the block grid. An event that arrives
-too late for its frame plays at the start of the next block (counted in ``stats``).
+too late for its frame plays at the start of the next block (counted in ``stats``). The
+arrival clock is mapped onto device frames through the most punctual callback seen (Python
+callbacks come late under load, never early); in the first 2 s after ``start`` that estimate
+can still improve, so spacing is exact from then on. After an underrun the render position
+skips the frames that were played as zeros, so the latency stays what it was.
 
 Safety: a block that is not finite, or reaches full scale, is replaced by silence before it
 enters the ring, and the offending voices are reset by the synth's own guard; the synth's
@@ -172,15 +176,21 @@ class LiveEngine:
         self._thread: threading.Thread | None = None
         self._running = False
         # clock: frames the callback has consumed; _base_ns is when frame 0 would have been
-        # consumed, the earliest estimate over the callbacks (they come in bursts when the
-        # host's period is longer than ours), drifting up slowly to follow the device clock
+        # consumed: the most punctual callback's estimate (callbacks come late under load, and
+        # in bursts when the host's period is longer than ours), re-taken every 2 s and moved
+        # towards at most 0.2 ms a time, so it follows the device's clock drift (ppm) without
+        # jitter
         self._frames_read = 0
+        self._window_min_ns = float("inf")
+        self._window_start_ns = 0
+        self._first_window = True
         self._last_callback_ns = 0
         #: set when the callback stopped coming (the device vanished); cleared by start()
         self.device_lost = False
         self._ns_per_frame = 1e9 / self.sample_rate_hz
         self._base_ns = float("inf")
         self._rendered_frames = 0
+        self._skipped = 0  # device frames the callback filled with zeros (underruns)
         # statistics, preallocated
         self._cb_us = np.zeros(4096)
         self._cb_count = 0
@@ -213,6 +223,11 @@ class LiveEngine:
         self._running = True
         self.device_lost = False
         self._last_callback_ns = 0
+        self._base_ns = float("inf")
+        self._window_min_ns = float("inf")
+        self._window_start_ns = 0
+        self._first_window = True
+        self._frames_read = self._rendered_frames + self._skipped - self.ring.readable()
         self._prefill()
         self._thread = threading.Thread(target=self._render_loop, name="neirosynth-render", daemon=True)
         self._thread.start()
@@ -324,13 +339,24 @@ class LiveEngine:
         self._last_callback_ns = t0
         if status.output_underflow:
             self.xruns += 1
-        if self.ring.read_into(outdata) < frames:
+        got = self.ring.read_into(outdata)
+        if got < frames:
             self.underruns += 1
+            self._skipped += frames - got
         base = t0 - self._frames_read * self._ns_per_frame
-        if base < self._base_ns:
-            self._base_ns = base
-        else:
-            self._base_ns += 1e-3 * (base - self._base_ns)
+        if base < self._window_min_ns:
+            self._window_min_ns = base
+        if self._first_window and base < self._base_ns:
+            self._base_ns = base  # the first window: the earliest estimate so far
+        if self._window_start_ns == 0:
+            self._window_start_ns = t0
+        elif t0 - self._window_start_ns > 2_000_000_000:
+            if not self._first_window:
+                step = self._window_min_ns - self._base_ns
+                self._base_ns += min(max(step, -200_000.0), 200_000.0)
+            self._first_window = False
+            self._window_min_ns = float("inf")
+            self._window_start_ns = t0
         self._frames_read += frames
         i = self._cb_count & 4095
         self._cb_us[i] = (time.perf_counter_ns() - t0) * 1e-3
@@ -373,12 +399,13 @@ class LiveEngine:
     def _frame_of(self, arrival_ns: int) -> int:
         """Output frame an event stamped at ``arrival_ns`` plays at."""
         if self._base_ns == float("inf"):  # no callback yet: play at once
-            return self._rendered_frames
+            return self._rendered_frames + self._skipped
         return int(round((arrival_ns - self._base_ns) / self._ns_per_frame)) + self.delay_frames
 
     def _render_one(self) -> None:
         t0 = time.perf_counter_ns()
-        start = self._rendered_frames
+        # the device frame this block will start at: rendered frames plus the zeros played
+        start = self._rendered_frames + self._skipped
         end = start + self.block_frames
         while self._events:
             arrival, event = self._events[0]
@@ -401,7 +428,7 @@ class LiveEngine:
             n = min(len(block), len(self._capture) - self._captured)
             self._capture[self._captured : self._captured + n] = block[:n]
             self._captured += n
-        self._rendered_frames = end
+        self._rendered_frames += self.block_frames
         i = self._render_count & 4095
         self._render_us[i] = (time.perf_counter_ns() - t0) * 1e-3
         self._render_count += 1
