@@ -1146,11 +1146,17 @@ class MidiInput:
         return full
 
     def close(self) -> None:
-        """Close the port (idempotent). Queued events stay for ``drain``."""
+        """Close the port and the MIDI client (idempotent); queued events stay for ``drain``.
+
+        A later call that needs a client (``list_ports``, ``poll_ports``, ``open``) makes one.
+        """
         self._port_name = None
         self._virtual_name = None
         if self._opened:
             self._retire()
+        elif self._midi_in is not None:
+            self._midi_in.delete()
+            self._midi_in = None
 
     def _retire(self) -> None:
         """Stop callbacks, close and destroy the rtmidi object (the next use makes a new one)."""
@@ -1211,9 +1217,6 @@ class MidiInput:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-        if self._midi_in is not None:
-            self._midi_in.delete()
-            self._midi_in = None
 
     # -- MIDI thread --
     def _on_message(self, event: tuple[list[int], float], generation: int) -> None:

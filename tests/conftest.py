@@ -63,10 +63,13 @@ def jack_server():
     """
     from jack import JackError, start_jack_server  # tests/jack.py (tests/ is on sys.path)
 
+    failure = None
     try:
         server = start_jack_server(sample_rate=48_000, period=256)
     except JackError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
     try:
         with pytest.MonkeyPatch.context() as mp:
             for key, value in server.env.items():

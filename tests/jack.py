@@ -12,9 +12,18 @@ Public API (``__all__``)
 ``start_jack_server(name=None, sample_rate=48_000, period=256, timeout_s=10.0) -> JackServer``
     Start ``jackd --no-realtime -n NAME -d dummy -r RATE -p PERIOD`` and wait until it accepts
     clients.
+``dead_registered_servers() -> list[str]``
+    This user's servers that JACK2's registry still lists although their process is gone.
 ``JackError``
     Raised when ``jackd`` is missing, exits, or does not accept clients in time; the message
     says why and what to do.
+
+JACK2 keeps at most 8 servers in a machine-wide registry (``/dev/shm/jack-shm-registry``).
+A server killed without a clean exit keeps its slot, and jackd reclaims a dead slot only for a
+server of the same name; with unique names, eight kills would lock every later run out
+("Too many servers already active"). ``start_jack_server`` then starts each dead name once and
+stops it cleanly, which frees its slot, and tries again. (Tests that kill a server to simulate
+a crash leak a slot each time; this recovers them.)
 
 How a client finds the server
 -----------------------------
@@ -39,6 +48,7 @@ import os
 import secrets
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -46,7 +56,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["JackError", "JackServer", "start_jack_server"]
+__all__ = ["JackError", "JackServer", "dead_registered_servers", "start_jack_server"]
 
 _DEBIAN_PACKAGE = "jackd2"
 
@@ -93,8 +103,13 @@ class JackServer:
         except OSError as exc:
             return f"(log {self.log_path} unreadable: {exc})"
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Terminate ``jackd`` (SIGTERM, then SIGKILL after ``timeout_s``); safe to call twice."""
+    def stop(self, timeout_s: float = 5.0, keep_log: bool = False) -> None:
+        """Terminate ``jackd`` (SIGTERM, then SIGKILL after ``timeout_s``); safe to call twice.
+
+        Then removes what this server left in ``/dev/shm`` under its (unique) name (its socket
+        after a kill, the semaphores of clients that outlived it) and, unless ``keep_log``, its
+        log file.
+        """
         proc = self._process
         if proc.poll() is None:
             proc.terminate()
@@ -103,6 +118,15 @@ class JackServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout_s)
+        shm = Path("/dev/shm")
+        for pattern in (f"jack_{self.name}_*", f"jack_sem.*_{self.name}_*"):
+            for leftover in shm.glob(pattern) if shm.is_dir() else ():
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -151,13 +175,73 @@ def start_jack_server(
             "scripts/setup.sh does this)."
         )
     name = name or f"neirotest-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        return _launch(jackd, jack_lsp, name, sample_rate, period, timeout_s)
+    except JackError as exc:
+        if _REGISTRY_FULL not in str(exc):
+            raise
+        dead = dead_registered_servers()
+        if not dead:
+            raise JackError(
+                f"{exc}\nJACK's server registry (/dev/shm/jack-shm-registry) holds at most "
+                f"{_MAX_SERVERS} servers and they are all running; stop one of them."
+            ) from None
+    # Servers killed without a clean exit keep their registry slot, and jackd reclaims a dead
+    # slot only for a server of the same name: start each dead name once and stop it cleanly.
+    for dead_name in dead:
+        try:
+            _launch(jackd, jack_lsp, dead_name, sample_rate, period, timeout_s).stop()
+        except JackError:
+            pass
+    return _launch(jackd, jack_lsp, name, sample_rate, period, timeout_s)
+
+
+_REGISTRY = Path("/dev/shm/jack-shm-registry")
+_REGISTRY_FULL = "Too many servers already active"
+_MAX_SERVERS = 8  # JACK2's MAX_SERVERS (common/shm.h)
+
+
+def dead_registered_servers() -> list[str]:
+    """Names of this user's servers in JACK2's registry whose process is gone.
+
+    The registry header (JACK2 common/shm.h, Linux): magic u32, protocol u16, type i32, three
+    sizes i32, then 8 x {pid_t pid; char name[257]} (264 bytes with padding) from offset 24;
+    a name is stored as ``jack-<uid>:<server>:``. Returns [] when there is no registry or it
+    does not look like one.
+    """
+    try:
+        data = _REGISTRY.read_bytes()
+    except OSError:
+        return []
+    if len(data) < 24 + _MAX_SERVERS * 264 or struct.unpack_from("<I", data, 0)[0] != 0x4A41434B:
+        return []
+    prefix = f"jack-{os.getuid()}:".encode()
+    dead = []
+    for i in range(_MAX_SERVERS):
+        off = 24 + 264 * i
+        (pid,) = struct.unpack_from("<i", data, off)
+        raw = data[off + 4 : off + 4 + 257].split(b"\0", 1)[0]
+        if pid <= 0 or not raw.startswith(prefix) or not raw.endswith(b":"):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive (or another user's)
+        except ProcessLookupError:
+            dead.append(raw[len(prefix) : -1].decode(errors="replace"))
+        except PermissionError:
+            continue
+    return dead
+
+
+def _launch(jackd: str, jack_lsp: str, name: str, sample_rate: int, period: int, timeout_s: float) -> JackServer:
     env_vars = {
         "JACK_DEFAULT_SERVER": name,
         "JACK_NO_START_SERVER": "1",
         "JACK_NO_AUDIO_RESERVATION": "1",
     }
     env = {**os.environ, **env_vars}
-    log_fd, log_name = tempfile.mkstemp(prefix=f"jackd-{name}-", suffix=".log")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    log_fd, log_name = tempfile.mkstemp(prefix=f"jackd-{safe}-", suffix=".log")
     cmd = [
         jackd, "--no-realtime", "--name", name,
         "-d", "dummy", "-r", str(sample_rate), "-p", str(period),
@@ -197,5 +281,5 @@ def start_jack_server(
                 )
             time.sleep(0.05)
     except BaseException:
-        server.stop()
+        server.stop(keep_log=True)
         raise
