@@ -57,8 +57,8 @@ def check_well_formed(m: MidiMessage) -> None:
         assert m.channel in (0, 15) and v == int(v) and 0 <= v <= 15, m
     elif k == Kind.BEND_RANGE:
         assert 0.0 <= v < 128.0, m
-    else:
-        assert v == 0.0 or k in (Kind.NOTE_ON, Kind.NOTE_OFF) and v == 0.0, m
+    else:  # note on/off, all sound/notes off carry no value
+        assert v == 0.0, m
 
 
 # ---- the parser ------------------------------------------------------------------------------
@@ -296,8 +296,7 @@ def test_block_clock_resyncs_when_behind_and_moves_earlier_when_early():
     t = 10**9
 
     def at(blocks: float) -> int:
-        start = clock.next_block(int(t + blocks * b))
-        return start
+        return clock.next_block(int(t + blocks * b))
 
     def near(start: int, blocks: float) -> bool:
         return abs(start - (t + blocks * b)) <= 1  # within a nanosecond (integer truncation)
@@ -310,6 +309,7 @@ def test_block_clock_resyncs_when_behind_and_moves_earlier_when_early():
 
 
 def test_an_early_loop_never_makes_late_events(seed):
+    """A loop that wakes up to 0.4 blocks early or late: the schedule moves earlier instead."""
     rng = np.random.default_rng(seed)
     q = EventQueue(4096)
     clock = BlockClock(RATE, BLOCK)
@@ -323,9 +323,9 @@ def test_an_early_loop_never_makes_late_events(seed):
             q.push(int(arrivals[i]), Kind.NOTE_ON, 0, 0, 1)
             i += 1
         q.drain(now, clock.next_block(now), RATE, BLOCK)
+    # every block's window has fully passed when it is rendered, so nothing is ever late
     assert q.drained == len(arrivals) and clock.resyncs == 0, f"seed={seed}"
-    late_allowed = clock.adjustments  # only while the schedule was still settling
-    assert q.late <= 10 * late_allowed, f"seed={seed}: {q.late} late, {clock.adjustments} adjustments"
+    assert q.late == 0, f"seed={seed}: {q.late} late events ({clock.adjustments} adjustments)"
 
 
 # ---- MPE and the router ------------------------------------------------------------------------
@@ -832,6 +832,14 @@ def test_opened_port_vanishes_is_closed_released_and_reopened_when_it_returns(ja
     again: list[tuple] = []
     wait_for(lambda: again.extend(drain_all(inp)) or again, 2.0, "a note after reconnecting")
     assert again == [("note_on", 2, 62, 70, 0.0)]
+    # after an explicit close, a port that comes back is offered but not reopened
+    kbd2.delete()
+    assert inp.poll_ports().lost == kbd2.name
+    inp.close()
+    kbd3 = Sender(kbd_client, virtual="out")
+    jack_midi._senders.append(kbd3)
+    changes = inp.poll_ports()
+    assert kbd3.name in changes.added and changes.reopened is None and not inp.is_open
 
 
 def test_open_by_index_and_clear_errors(jack_midi):
@@ -845,6 +853,7 @@ def test_open_by_index_and_clear_errors(jack_midi):
     assert inp.open(s1.name) == s1.name  # an exact name wins over substring matches
     with pytest.raises(MidiError, match="no MIDI input port matches 'nothing-like-this'"):
         inp.open("nothing-like-this")
+    assert inp.port_name == s1.name and inp.is_open  # a failed open keeps the open port
     with pytest.raises(MidiError, match="no MIDI input port 999"):
         inp.open(999)
     index = inp.list_ports().index(s2.name)
