@@ -140,6 +140,10 @@ class LiveEngine:
             understands ``("note_on", note, velocity, channel)``, ``("note_off", note,
             channel)``, ``("sustain", down, channel)``, ``("pitch_bend", amount, channel)``,
             ``("all_notes_off", channel)``.
+        capture_s: keep the first seconds of output for inspection (:attr:`captured`).
+        midi: an :class:`engine.midi.MidiInput` whose queued events the render thread plays,
+            each at the frame its arrival stamp maps to, through ``router``
+            (an :class:`engine.midi.MidiRouter`, made if not given: MPE included).
 
     Methods other than the callback may be called from any thread except where stated.
     """
@@ -154,6 +158,8 @@ class LiveEngine:
         latency: float | str = "low",
         dispatch: Callable[[Synth, tuple, int], None] | None = None,
         capture_s: float = 0.0,
+        midi=None,
+        router=None,
     ) -> None:
         if not 32 <= period_frames <= 1024:
             raise ValueError(f"period_frames={period_frames} outside 32..1024")
@@ -166,6 +172,16 @@ class LiveEngine:
         self.device = device
         self.latency = latency
         self._dispatch = dispatch or _default_dispatch
+        self.midi = midi
+        if midi is not None and router is None:
+            from .midi import MidiRouter
+
+            router = MidiRouter(bend_range_semitones=synth.bend_range_semitones)
+        self.router = router
+        if midi is not None:
+            from .midi import EVENT_DTYPE as MIDI_EVENT
+
+            self._midi_buf = np.zeros(256, MIDI_EVENT)
         self.ring = RingBuffer(ahead_blocks * self.block_frames + period_frames)
         #: frames from an event's arrival to its output frame
         self.delay_frames = self.ring.capacity + self.block_frames
@@ -418,6 +434,8 @@ class LiveEngine:
                 frame = start
             self._dispatch(self.synth, event, frame - start)
             self.event_log.append((frame, event))
+        if self.midi is not None:
+            self._play_midi(start, end)
         block = self.synth.render_block()
         lo, hi = float(block.min()), float(block.max())
         if not (-1.0 < lo and hi < 1.0):  # NaN fails both comparisons
@@ -432,6 +450,21 @@ class LiveEngine:
         i = self._render_count & 4095
         self._render_us[i] = (time.perf_counter_ns() - t0) * 1e-3
         self._render_count += 1
+
+
+    def _play_midi(self, start: int, end: int) -> None:
+        if self._base_ns == float("inf"):
+            before = time.perf_counter_ns() + 1
+        else:
+            before = int(self._base_ns + (end - self.delay_frames) * self._ns_per_frame)
+        n = self.midi.queue.pop_into(self._midi_buf, before)
+        for t_ns, _off, kind, ch, note, velocity, value in self._midi_buf[:n].tolist():
+            frame = max(self._frame_of(t_ns), start)
+            if frame == start and self._frame_of(t_ns) < start:
+                self.late_events += 1
+            frame = min(frame, end - 1)
+            self.router.apply(self.synth, kind, ch, note, velocity, value, frame - start)
+            self.event_log.append((frame, ("midi", kind, ch, note, velocity, value)))
 
 
 def _default_dispatch(synth: Synth, event: tuple, offset: int) -> None:

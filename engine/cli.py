@@ -6,6 +6,10 @@
     List the shipped presets and the notes each can play.
 ``neirosynth adapters``
     List the wgpu adapters and which one would be used.
+``neirosynth devices``
+    List the audio outputs (PortAudio) and MIDI inputs (python-rtmidi).
+``neirosynth play --preset NAME``
+    Play live: MIDI in (a virtual port ``NeiroSynth``, or ``--midi PORT``), audio out.
 
 Errors the user can fix (a bad MIDI file or preset, no adapter) print one line and exit 2.
 """
@@ -100,6 +104,85 @@ def _adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(args: argparse.Namespace) -> int:
+    from .audio import list_output_devices
+    from .midi import MidiError, api_name, choose_api, list_input_ports
+
+    print("audio outputs:")
+    outputs = list_output_devices()
+    for d in outputs:
+        print(f"  [{d['index']}] {d['name']} ({d['hostapi']}, {d['channels']} ch, "
+              f"{d['default_rate_hz']:.0f} Hz)")
+    if not outputs:
+        print("  none (no sound card; a JACK server makes one: jackd -d dummy)")
+    try:
+        api = choose_api()
+        ports = list_input_ports(api)
+        print(f"MIDI inputs ({api_name(api)}):")
+        for i, name in enumerate(ports):
+            print(f"  [{i}] {name}")
+        if not ports:
+            print("  none (`neirosynth play` opens a virtual input named NeiroSynth)")
+    except MidiError as exc:
+        print(f"MIDI inputs: none ({exc})")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    import time
+
+    from .audio import LiveEngine
+    from .backends import open_backend
+    from .midi import MidiInput
+    from .presets import find_preset, load_preset
+    from .synth import Synth
+
+    preset = load_preset(find_preset(args.preset))
+    backend = open_backend(
+        args.backend, grid_n=preset.grid_n, max_voices=args.polyphony, block_frames=args.block,
+        adapter=args.adapter,
+    )
+    synth = Synth(backend, preset, sample_rate_hz=args.sample_rate, max_polyphony=args.polyphony)
+    midi = MidiInput(channels=args.channel)
+    if args.midi is None:
+        midi.open_virtual("NeiroSynth")
+        where = "virtual MIDI input NeiroSynth"
+    else:
+        midi.open(int(args.midi) if args.midi.isdigit() else args.midi)
+        where = f"MIDI input {midi.port_name}"
+    device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
+    engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi)
+    engine.start()
+    print(f"playing {preset.name} on {_describe(backend)}: {where}; audio "
+          f"{args.sample_rate} Hz, {args.period}-frame periods, output latency "
+          f"{engine.output_latency_s * 1e3:.1f} ms + {engine.delay_frames / args.sample_rate * 1e3:.1f} ms "
+          f"ahead. Ctrl-C stops.")
+    try:
+        last_report = time.monotonic()
+        while args.seconds is None or time.monotonic() - last_report < args.seconds:
+            time.sleep(0.5)
+            changes = midi.poll_ports()
+            if changes.added or changes.removed or changes.lost:
+                print(f"MIDI ports: +{list(changes.added)} -{list(changes.removed)}"
+                      + (f" lost {changes.lost}" if changes.lost else ""))
+            if engine.device_lost:
+                print("audio device lost; trying to reopen it")
+                try:
+                    engine.reopen()
+                except Exception as exc:  # noqa: BLE001 - keep running, try again later
+                    print(f"reopen failed: {exc}")
+                    time.sleep(2.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.stop()
+        midi.close()
+    st = engine.stats()
+    print(f"stopped: {st['frames'] / args.sample_rate:.1f} s played, {st['underruns']} underruns, "
+          f"{st['xruns']} xruns, callback p99 {st['callback_us']['p99']:.0f} µs")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neirosynth", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
@@ -122,6 +205,24 @@ def _parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("presets", help="list the shipped presets")
     ps.set_defaults(func=_presets)
 
+    dv = sub.add_parser("devices", help="list audio outputs and MIDI inputs")
+    dv.set_defaults(func=_devices)
+
+    pl = sub.add_parser("play", help="play live from MIDI")
+    pl.add_argument("--preset", default="plate", help="preset name or .npz path")
+    pl.add_argument("--midi", default=None, help="MIDI input port (name or index); default: "
+                    "a virtual input named NeiroSynth")
+    pl.add_argument("--channel", type=int, default=None, help="listen to one channel 0..15 (default: omni)")
+    pl.add_argument("--device", default=None, help="audio output (name or index)")
+    pl.add_argument("--sample-rate", type=int, default=48_000, help="Hz (44100, 48000, 96000)")
+    pl.add_argument("--period", type=int, default=128, help="audio frames per callback (32..1024)")
+    pl.add_argument("--block", type=int, default=128, help="frames the engine renders at a time")
+    pl.add_argument("--polyphony", type=int, default=16, help="most voices at once")
+    pl.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
+    pl.add_argument("--adapter", default=None, help="wgpu adapter name (substring)")
+    pl.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    pl.set_defaults(func=_play)
+
     ad = sub.add_parser("adapters", help="list the wgpu adapters")
     ad.add_argument("--adapter", default=None, help="name to choose")
     ad.set_defaults(func=_adapters)
@@ -139,9 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     from .presets import PresetError
     from .tuning import TuningError
 
+    errors: tuple[type[BaseException], ...] = (
+        MidiFileError, PresetError, NoAdapterError, TuningError, OSError,
+    )
+    if args.command in ("play", "devices"):
+        from .audio import AudioDeviceError
+        from .midi import MidiError
+
+        errors += (AudioDeviceError, MidiError)
     try:
         return args.func(args)
-    except (MidiFileError, PresetError, NoAdapterError, TuningError, OSError) as exc:
+    except errors as exc:
         print(f"neirosynth: error: {exc}", file=sys.stderr)
         return 2
 
