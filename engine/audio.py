@@ -210,6 +210,9 @@ class LiveEngine:
         # statistics, preallocated
         self._cb_us = np.zeros(4096)
         self._cb_count = 0
+        #: per callback: the first frame it handed over and when it started (perf_counter_ns)
+        self.callback_frames = np.zeros(4096, np.int64)
+        self.callback_ns = np.zeros(4096, np.int64)
         self._render_us = np.zeros(4096)
         self._render_count = 0
         self.underruns = 0
@@ -375,6 +378,8 @@ class LiveEngine:
             self._window_start_ns = t0
         self._frames_read += frames
         i = self._cb_count & 4095
+        self.callback_frames[i] = self._frames_read - frames
+        self.callback_ns[i] = t0
         self._cb_us[i] = (time.perf_counter_ns() - t0) * 1e-3
         self._cb_count += 1
 
@@ -464,7 +469,7 @@ class LiveEngine:
                 self.late_events += 1
             frame = min(frame, end - 1)
             self.router.apply(self.synth, kind, ch, note, velocity, value, frame - start)
-            self.event_log.append((frame, ("midi", kind, ch, note, velocity, value)))
+            self.event_log.append((frame, ("midi", kind, ch, note, velocity, value, t_ns)))
 
 
 def _default_dispatch(synth: Synth, event: tuple, offset: int) -> None:
