@@ -315,7 +315,8 @@ def test_an_early_loop_never_makes_late_events(seed):
     clock = BlockClock(RATE, BLOCK)
     b = clock.block_ns
     t0 = 10**9
-    arrivals = np.sort(t0 + rng.integers(0, int(30 * b), 200))
+    # events from after the first block's window starts (older ones are late by definition)
+    arrivals = np.sort(t0 + rng.integers(int(0.5 * b), int(30 * b), 200))
     i = 0
     for k in range(40):
         now = int(t0 + (k + 1) * b + rng.uniform(-0.4, 0.4) * b)
