@@ -131,8 +131,8 @@ member channel. Without a zone every channel is an ordinary channel with its own
 :class:`MidiRouter` turns this into ``Synth`` calls: ``note_on``/``note_off``/``sustain``/
 ``pitch_bend``/``all_notes_off`` (``pitch_bend`` gets the channel's total pitch divided by the
 synth's ``bend_range_semitones``, clipped to ±1 and counted when clipped), and, only when the
-synth has them, ``set_mod_wheel``, ``set_pressure(channel, value, offset)``,
-``set_slide(channel, value, offset)`` and ``all_sound_off``. Poly pressure is kept per note in
+synth has them, ``set_mod_wheel``, ``set_pressure``, ``set_slide`` (value, channel and offset,
+matched by parameter name) and ``all_sound_off``. Poly pressure is kept per note in
 ``MpeState`` but not routed (the synth has no per-note pressure call yet).
 
 Hot-plug
@@ -685,19 +685,22 @@ def _optional_method(obj: Any, name: str) -> tuple[Callable[[int, float, int], A
     """``obj.name`` as ``call(channel, value, offset)``, and whether it takes a channel.
 
     Parameters are matched by name (``channel``/``ch``, ``offset``); the first other one gets
-    the value, so ``set_pressure(channel, value, offset)``, ``set_mod_wheel(value, offset)`` and
-    ``set_mod_wheel(amount)`` all work. None when ``obj`` has no such method.
+    the value, so ``set_pressure(value, channel, offset)``, ``set_pressure(channel, value,
+    offset)``, ``set_mod_wheel(value, offset)`` and ``set_mod_wheel(amount)`` all work. Without
+    a readable signature the call is ``(value, channel, offset)``, the Synth's order. None when
+    ``obj`` has no such method.
     """
     meth = getattr(obj, name, None)
     if meth is None or not callable(meth):
         return None
     try:
-        params = [
-            p for p in inspect.signature(meth).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]  # fmt: skip
+        all_params = list(inspect.signature(meth).parameters.values())
     except (TypeError, ValueError):
-        return (lambda channel, value, offset: meth(channel, value, offset)), True
+        all_params = None
+    params = [p for p in all_params or () if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if all_params is None or (not params and any(p.kind == p.VAR_POSITIONAL for p in all_params)):
+        # no usable signature (a C function, a *args wrapper): Synth's own order
+        return (lambda channel, value, offset: meth(value, channel, offset)), True
     roles: list[str] = []
     for p in params:
         if p.name in ("channel", "ch"):

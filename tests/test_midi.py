@@ -363,7 +363,7 @@ class ExpressiveSynth(RecordingSynth):
     def set_pressure(self, channel, value, offset=0):
         self.calls.append(("set_pressure", channel, value, offset))
 
-    def set_slide(self, channel, value, offset=0, params=None):
+    def set_slide(self, value, channel=0, offset=0, params=None):  # the Synth's own order
         self.calls.append(("set_slide", channel, value, offset))
 
     def set_mod_wheel(self, value, offset=0):
@@ -449,6 +449,21 @@ def test_manager_channel_messages_apply_to_every_member():
     assert [c for c in calls if c[0] == "all_notes_off"] == [("all_notes_off", ch, 8) for ch in (15, 14, 13, 12)]
     assert [c for c in calls if c[0] == "all_sound_off"] == [("all_sound_off", ch, 8) for ch in (15, 14, 13, 12)]
     assert router.mpe.pressure[13] == pytest.approx(64 / 127) and router.stats["ignored"] == 0
+
+
+def test_optional_methods_are_matched_by_parameter_name():
+    got = []
+
+    class Odd(RecordingSynth):
+        def set_pressure(self, offset, amount, ch):  # any order, other names
+            got.append(("pressure", ch, amount, offset))
+
+        def set_slide(self, *args):  # no signature to read: the Synth's (value, channel, offset)
+            got.append(("slide", *args))
+
+    router = MidiRouter()
+    router.route(events((7, [0xD2, 127]), (9, [0xB3, 74, 0])), Odd())
+    assert got == [("pressure", 2, 1.0, 7), ("slide", 0.0, 3, 9)]
 
 
 def test_bend_range_rpn_and_clipping_to_the_synth_range():
