@@ -24,9 +24,9 @@ Timing: an event stamped at ``t`` is played at the output frame that the callbac
 sample offset inside the block being rendered. So events keep their spacing to the sample,
 and the latency is constant instead of jittering with the block grid. An event that arrives
 too late for its frame plays at the start of the next block (counted in ``stats``). The
-arrival clock is mapped onto device frames through the most punctual callback seen (Python
-callbacks come late under load, never early); in the first 2 s after ``start`` that estimate
-can still improve, so spacing is exact from then on. After an underrun the render position
+arrival clock is mapped onto device frames through the most punctual callback of each 1 s
+window (Python callbacks come late under load, never early); in the first second after
+``start`` that estimate can still improve, so spacing is exact from then on. After an underrun the render position
 skips the frames that were played as zeros, so the latency stays what it was.
 
 Safety: a block that is not finite, or reaches full scale, is replaced by silence before it
@@ -39,6 +39,7 @@ Public API: ``RingBuffer``, ``LiveEngine``, ``AudioDeviceError``, ``list_output_
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -193,9 +194,9 @@ class LiveEngine:
         self._running = False
         # clock: frames the callback has consumed; _base_ns is when frame 0 would have been
         # consumed: the most punctual callback's estimate (callbacks come late under load, and
-        # in bursts when the host's period is longer than ours), re-taken every 2 s and moved
-        # towards at most 0.2 ms a time, so it follows the device's clock drift (ppm) without
-        # jitter
+        # in bursts when the host's period is longer than ours), re-taken every 1 s window, so
+        # it follows the device's clock (drift, or a device that falls behind) without the
+        # callbacks' jitter
         self._frames_read = 0
         self._window_min_ns = float("inf")
         self._window_start_ns = 0
@@ -369,10 +370,9 @@ class LiveEngine:
             self._base_ns = base  # the first window: the earliest estimate so far
         if self._window_start_ns == 0:
             self._window_start_ns = t0
-        elif t0 - self._window_start_ns > 2_000_000_000:
+        elif t0 - self._window_start_ns > 1_000_000_000:
             if not self._first_window:
-                step = self._window_min_ns - self._base_ns
-                self._base_ns += min(max(step, -200_000.0), 200_000.0)
+                self._base_ns = self._window_min_ns
             self._first_window = False
             self._window_min_ns = float("inf")
             self._window_start_ns = t0
@@ -396,6 +396,14 @@ class LiveEngine:
             self._render_one()
 
     def _render_loop(self) -> None:
+        # Leave a core to the audio callback, MIDI and the GUI: a numba kernel spread over
+        # every core waits for its slowest thread, and one preempted thread stalls the block.
+        try:
+            import numba
+
+            numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS - 1))
+        except ImportError:
+            pass
         sleep_s = self.period_frames / self.sample_rate_hz / 4
         while self._running:
             last = self._last_callback_ns
@@ -419,9 +427,10 @@ class LiveEngine:
 
     def _frame_of(self, arrival_ns: int) -> int:
         """Output frame an event stamped at ``arrival_ns`` plays at."""
-        if self._base_ns == float("inf"):  # no callback yet: play at once
+        base = self._base_ns  # one read: the callback may move it meanwhile
+        if not math.isfinite(base):  # no callback yet: play at once
             return self._rendered_frames + self._skipped
-        return int(round((arrival_ns - self._base_ns) / self._ns_per_frame)) + self.delay_frames
+        return int(round((arrival_ns - base) / self._ns_per_frame)) + self.delay_frames
 
     def _render_one(self) -> None:
         t0 = time.perf_counter_ns()
@@ -458,10 +467,11 @@ class LiveEngine:
 
 
     def _play_midi(self, start: int, end: int) -> None:
-        if self._base_ns == float("inf"):
+        base = self._base_ns
+        if not math.isfinite(base):
             before = time.perf_counter_ns() + 1
         else:
-            before = int(self._base_ns + (end - self.delay_frames) * self._ns_per_frame)
+            before = int(base + (end - self.delay_frames) * self._ns_per_frame)
         n = self.midi.queue.pop_into(self._midi_buf, before)
         for t_ns, _off, kind, ch, note, velocity, value in self._midi_buf[:n].tolist():
             frame = max(self._frame_of(t_ns), start)

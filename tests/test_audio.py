@@ -105,7 +105,7 @@ def test_events_keep_their_spacing_to_the_sample(jack_output):
     # 8 blocks ahead: headroom for a loaded test machine (the spacing does not depend on it)
     engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_blocks=8, capture_s=4.0)
     engine.start()
-    time.sleep(2.3)  # past the clock's first 2 s window, in which its estimate still settles
+    time.sleep(1.3)  # past the clock's first 1 s window, in which its estimate still settles
     t = time.perf_counter_ns()
     engine.post(("note_on", 60, 100, 0), arrival_ns=t)
     engine.post(("note_on", 67, 100, 1), arrival_ns=t + 100_000_000)
