@@ -221,6 +221,8 @@ class LiveEngine:
         self.late_events = 0
         self.silenced_blocks = 0
         self.device_errors = 0
+        #: largest |sample| handed to the ring
+        self.peak = 0.0
         self._capture = np.zeros((int(capture_s * self.sample_rate_hz), 2), np.float32)
         self._captured = 0
 
@@ -347,6 +349,7 @@ class LiveEngine:
             "xruns": self.xruns,
             "late_events": self.late_events,
             "silenced_blocks": self.silenced_blocks,
+            "peak": self.peak,
             "device_errors": self.device_errors,
             "callback_us": pct(cb),
             "render_us": pct(rd),
@@ -455,6 +458,8 @@ class LiveEngine:
         if not (-1.0 < lo and hi < 1.0):  # NaN fails both comparisons
             self.silenced_blocks += 1
             block[:] = 0.0
+        else:
+            self.peak = max(self.peak, -lo, hi)
         self.ring.write(block)
         if self._captured < len(self._capture):
             n = min(len(block), len(self._capture) - self._captured)

@@ -1,0 +1,117 @@
+"""Soak: a real MIDI file played live through the audio callback for minutes.
+
+Starts its own JACK server (dummy backend, real time), plays ``examples/minuet_in_g.mid`` (or
+``--midi``) in a loop through :class:`engine.audio.LiveEngine`, each event posted at its time
+as a MIDI input would, at a set polyphony, and reports xruns, underruns, the callback's and
+the render's time percentiles, late events, non-finite or full-scale blocks, and the peak.
+
+Run: ``.venv/bin/python bench/soak.py --minutes 10 --polyphony 32 [--backend gpu]``.
+Appends a section to bench/RESULTS.md with device and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+RATE = 48_000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--polyphony", type=int, default=32)
+    ap.add_argument("--period", type=int, default=128)
+    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--ahead", type=int, default=2)
+    ap.add_argument("--midi", type=Path, default=ROOT / "examples" / "minuet_in_g.mid")
+    ap.add_argument("--preset", default="plate")
+    ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+
+    from jack import start_jack_server
+
+    from engine.audio import LiveEngine
+    from engine.backends import open_backend
+    from engine.midifile import read_midi_file
+    from engine.presets import find_preset, load_preset
+    from engine.synth import Synth
+
+    score = read_midi_file(args.midi, RATE)
+    preset = load_preset(find_preset(args.preset))
+    backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=args.polyphony,
+                           block_frames=args.block)
+    synth = Synth(backend, preset, sample_rate_hz=RATE, max_polyphony=args.polyphony)
+    server = start_jack_server(sample_rate=RATE, period=args.period)
+    os.environ.update(server.env)
+    try:
+        import sounddevice as sd
+
+        sd._terminate()
+        sd._initialize()
+        device = [i for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] >= 2][0]
+        engine = LiveEngine(synth, device=device, period_frames=args.period, ahead_blocks=args.ahead)
+        engine.start()
+        t_end = time.perf_counter() + args.minutes * 60
+        loops = 0
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter_ns()
+            for ev in score.events:
+                at = t0 + ev.sample * 1_000_000_000 // RATE
+                while time.perf_counter_ns() < at:
+                    time.sleep(0.001)
+                if ev.kind == "note_on":
+                    engine.post(("note_on", ev.note, ev.velocity, ev.channel), at)
+                elif ev.kind == "note_off":
+                    engine.post(("note_off", ev.note, ev.channel), at)
+                elif ev.kind == "sustain":
+                    engine.post(("sustain", ev.value > 0.5, ev.channel), at)
+                elif ev.kind == "pitch_bend":
+                    engine.post(("pitch_bend", ev.value, ev.channel), at)
+                if time.perf_counter() >= t_end:
+                    break
+            loops += 1
+        played_s = engine.stats()["frames"] / RATE
+        stats = engine.stats()
+        engine.stop()
+        sd._terminate()
+    finally:
+        server.stop()
+    cb, rd = stats["callback_us"], stats["render_us"]
+    date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    text = "\n".join([
+        f"### soak — {platform.node()} ({os.cpu_count()} cores), {type(backend).__name__}, "
+        f"{getattr(backend, 'adapter_summary', 'numba')} — {date}",
+        "",
+        f"{args.midi.name} looped {loops}× for {played_s:.0f} s of audio at up to "
+        f"{args.polyphony} voices, JACK dummy {RATE} Hz, {args.period}-frame periods, "
+        f"{args.block}-frame blocks, {args.ahead} blocks ahead.",
+        "",
+        "| xruns | underruns | late events | silenced (non-finite/full-scale) blocks | peak dBFS | callback µs min/median/p99/max | render µs min/median/p99/max |",
+        "|---|---|---|---|---|---|---|",
+        f"| {stats['xruns']} | {stats['underruns']} | {stats['late_events']} | {stats['silenced_blocks']} | "
+        f"{20 * np.log10(max(stats['peak'], 1e-12)):.1f} | "
+        f"{cb['min']:.0f}/{cb['median']:.0f}/{cb['p99']:.0f}/{cb['max']:.0f} | "
+        f"{rd['min']:.0f}/{rd['median']:.0f}/{rd['p99']:.0f}/{rd['max']:.0f} |",
+        "",
+    ])
+    print(text)
+    if not args.no_write:
+        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
+            f.write("\n## bench/soak.py\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
