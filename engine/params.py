@@ -139,7 +139,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     # ---- release (damper)
     ParamSpec("release_s", "s", 0.01, 10.0, 0.25,
               "60 dB decay time after note off: the damper's uniform damping", "log"),
-    ParamSpec("release_loss_scale", "×", 1.0, 10.0, 1.0,
+    ParamSpec("release_loss_scale", "×", 1.0, 100.0, 1.0,
               "the damper also multiplies σ₁ by this (a felt damper dulls the highs first)",
               "log"),
     ParamSpec("thump_db", "dB", -80.0, 0.0, -80.0,
@@ -153,7 +153,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     # ---- excitation
     ParamSpec("excite_x", "fraction of side", 0.0, 1.0, 0.37,
               "strike centre, column coordinate (0 first cell, 1 last)"),
-    ParamSpec("excite_y", "fraction of side", 0.0, 1.0, 0.41, "strike centre, row coordinate"),
+    ParamSpec("excite_y", "fraction of side", 0.0, 1.0, 0.41,
+              "strike centre, row coordinate (0 first row, 1 last)"),
     ParamSpec("excite_width", "fraction of side", 0.005, 0.5, 0.04,
               "Gaussian radius of the strike footprint (mallet size; wide = fewer high modes)",
               "log"),
@@ -167,10 +168,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               "sustained noise drive at the strike point while the key is down (rubbing, "
               "bowing); −80 dB: none"),
     # ---- pickups
-    ParamSpec("pickup_l_x", "fraction of side", 0.0, 1.0, 0.71, "left pickup, column"),
-    ParamSpec("pickup_l_y", "fraction of side", 0.0, 1.0, 0.33, "left pickup, row"),
-    ParamSpec("pickup_r_x", "fraction of side", 0.0, 1.0, 0.29, "right pickup, column"),
-    ParamSpec("pickup_r_y", "fraction of side", 0.0, 1.0, 0.62, "right pickup, row"),
+    ParamSpec("pickup_l_x", "fraction of side", 0.0, 1.0, 0.71,
+              "left output pickup position, column (the left channel reads the body there)"),
+    ParamSpec("pickup_l_y", "fraction of side", 0.0, 1.0, 0.33, "left output pickup position, row"),
+    ParamSpec("pickup_r_x", "fraction of side", 0.0, 1.0, 0.29,
+              "right output pickup position, column (the right channel reads the body there)"),
+    ParamSpec("pickup_r_y", "fraction of side", 0.0, 1.0, 0.62, "right output pickup position, row"),
     ParamSpec("pickup_velocity", "1", 0.0, 1.0, 0.0,
               "what the pickups sense: displacement (0) … velocity (1: +6 dB/octave, matched "
               "at the fundamental)"),
@@ -252,7 +255,7 @@ def validate(p: np.ndarray) -> np.ndarray:
         s = PARAMS[i]
         where = f" (row {row})" if p.ndim > 1 else ""
         raise ParamError(
-            f"{s.name}={flat[row, i]!r} {s.unit}{where} is outside [{s.lo:g}, {s.hi:g}] {s.unit}"
+            f"{s.name}={float(flat[row, i])!r} {s.unit}{where} is outside [{s.lo:g}, {s.hi:g}] {s.unit}"
         )
     return p
 

@@ -1,50 +1,103 @@
-"""Notes to sound: voices on a physical body, rendered a block at a time on any backend.
+r"""Notes to sound: voices on a physical body, rendered a block at a time on any backend.
 
 :class:`Synth` owns the voices of one instrument (a :class:`~engine.presets.Preset` resident
-in the backend, optionally morphing towards a second one). Performance events — note on and
-off, sustain, pitch bend — arrive with a sample offset inside the next block and take effect
-at that exact sample: each becomes a new parameter record that the kernel switches to at that
-sample (:mod:`engine.block`).
+in the backend, optionally with a second map to morph towards). Performance events — note on
+and off, sustain, pitch bend, mod wheel, MPE pressure and slide — arrive with a sample offset
+inside the next block and take effect at that exact sample: each becomes a new parameter
+record that the kernel switches to at that sample (:mod:`engine.block`).
+
+**Parameters.** Every note is described by the 25 physical parameters of
+:mod:`engine.params`. ``note_on(..., params=p)`` plays a given vector; otherwise the Synth's
+*parameter source* (by default :meth:`engine.kan.KAN.default` centred on the preset's values,
+:func:`engine.params.preset_params`) turns ``(note, velocity, mod wheel, pressure, slide)`` into
+one. ``set_mod_wheel``, ``set_pressure`` and ``set_slide`` re-evaluate the source for that
+channel's sounding notes and switch them to the new parameters at the event's sample. Where each
+parameter goes (``dt = 1/(fs·steps)``, ``n`` the grid size):
+
+=====================  ======================================================================
+pitch                  ``f = 440·2^((note + detune/100 + bend·range + glide/100 − 69)/12)``,
+                       reached exactly: ``C² = solve_c2(f, μ, η, γ, dt)`` (:mod:`engine.tuning`)
+                       for the lowest mode ``μ`` of the morphed map with the note's boundary
+``glide_cents``        starting offset; decays as the fundamental's energy,
+                       ``glide·e^{−2αt}``, ``α = d + σ₁μ/Δx²``, retuned every 64 samples
+``damping_scale``      ``record.gamma_per_d = dt·scale`` (γ = gamma_per_d·d[i,j] + gamma_add)
+``damping_add_per_s``  ``record.gamma_add = dt·(add + release)``
+``loss_scale``         ``record.eta = 2·σ₁·scale·dt/Δx²``
+``release_s``          note off adds ``ln(1000)/release_s`` to the uniform damping
+``release_loss_scale`` note off multiplies σ₁ by it as well
+``thump_db``           note off strikes the body once more at this level
+``morph``, ``boundary`` ``record.morph``, ``record.boundary``, quantised to 1/128 (the lowest
+                       mode is cached per pair)
+``excite_*``           the Gaussian footprint: ``exc_x = x·(n−1)``, radius ``max(w·n, ½)`` cells
+``force_db``,          the strike: peak ``600·10^(dB/20)·sin θ₁/(½·contact·steps)`` (θ₁ the
+``contact_time_s``,    fundamental's phase step, so the fundamental's level does not depend on
+``pluck``              the note) with envelope ``(1−pluck)·raised cosine + pluck·ramp``
+``drive_db``           white-noise force while the key is down, scaled by ``sin θ₁·√(2α/fs)`` so
+                       its steady fundamental is about that of a strike of the same level
+``pickup_*_x/y``       ``record.pick_*`` (bilinear reads)
+``pickup_velocity``    ``y ← (1−m)·y + m·Δy/(2 sin(πf/fs))`` after decimation
+``gain_db``, ``pan``,  the voice's 2×2 output matrix ``g·diag(√2 cos φ, √2 sin φ)·W``,
+``stereo_width``       ``φ = π(1+pan)/4``, ``W`` = mid/side width
+=====================  ======================================================================
+
+Changes of the output matrix and of ``pickup_velocity`` ramp over 2 ms; the rest take effect
+at the event's sample (a moved pickup jumps).
 
 Per voice:
 
-* **Pitch** — the note's frequency (equal temperament, A4 = 440 Hz, plus pitch bend) is
-  reached through the exact dispersion relation (:mod:`engine.tuning`) of the morphed map's
-  lowest mode. High notes run several FDTD steps per output sample; the fine-rate pickup is
-  low-passed (10th-order elliptic, 0.1 dB ripple up to 0.45·fs, 90 dB stop) and decimated.
-  Each voice keeps two semitones of headroom above its note for pitch bend.
-* **Strike** — a force with a raised-cosine time envelope of the contact time
-  (``kind="strike"``) or a linear ramp released at once (``kind="pluck"``), over a Gaussian
-  footprint. Its amplitude is scaled by ``sin θ₁`` of the note (``θ₁`` the fundamental's
-  phase step), so the fundamental's level does not depend on the note; velocity sets the force
-  and shortens the contact (harder, brighter).
-* **Release** — note off (or pedal up) adds uniform damping for a 60 dB decay in
-  ``release_s``; a released voice below −90 dBFS over a whole block is freed.
-* **Stealing** — when every voice is busy the oldest released voice, else the oldest voice,
-  is reset and reused.
+* **Oversampling** — high notes run several FDTD steps per output sample (the fewest that
+  keep the note, two semitones of bend headroom and the larger of the held and released loss
+  stable); the fine-rate pickup is low-passed (10th-order elliptic, 0.1 dB ripple up to
+  0.45·fs, 90 dB stop) and decimated. A voice keeps its oversampling while it sounds: a
+  mid-note change (bend, re-evaluation, retrigger) that no longer fits is clamped to the
+  stability bound (counted in ``stats["clamped"]``), or, for a retrigger, restarted as a steal.
+* **Release** — note off (or pedal up) adds the release damping; a released voice below
+  −90 dBFS over a whole block is freed.
+* **Stealing** — when every voice is busy the oldest released voice, else the oldest voice, is
+  taken. It is not cut: its output fades to zero over 3 ms (linear gain ramp) from the note-on
+  sample, and the new note's RESET and strike come at the end of the fade. When the new note
+  needs another oversampling factor the start waits further, for the first block boundary after
+  the fade (the decimation filter cannot change rate under a sounding voice). A stolen note
+  therefore starts 3 ms late (at most 3 ms + one block); every other event is sample-exact.
 
-The mix is summed, scaled by the preset's gain, DC-blocked (a free body can drift) and
-soft-limited so it never reaches full scale.
+The mix is summed, DC-blocked (a free body can drift) and soft-limited so it never reaches
+full scale.
 
-Public API: ``Synth``, ``note_to_hz``.
+Public API: ``Synth``, ``ParamSource``, ``note_to_hz``, ``STEAL_FADE_S``.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.signal
 
+from . import params as P
 from .block import RECORD_DTYPE, RECORD_RESET, FdtdBackend
+from .kan import KAN, inputs
 from .presets import Preset
-from .tuning import LowestMode, TuningError, choose_steps_per_sample, lowest_mode, solve_c2, CFL_LIMIT, CFL_SAFETY
+from .tuning import (
+    CFL_LIMIT,
+    CFL_SAFETY,
+    LowestMode,
+    TuningError,
+    choose_steps_per_sample,
+    lowest_mode,
+    solve_c2,
+)
 
-__all__ = ["Synth", "note_to_hz"]
+__all__ = ["Synth", "ParamSource", "note_to_hz", "STEAL_FADE_S"]
 
 log = logging.getLogger(__name__)
+
+#: A parameter source: KAN inputs ``(note/127, velocity, mod, pressure, slide)`` → 25 values.
+ParamSource = Callable[[np.ndarray], np.ndarray]
 
 #: Loudness calibration: the fundamental of a centre strike at full force peaks near this.
 _KICK_GAIN = 600.0
@@ -52,15 +105,31 @@ _KICK_GAIN = 600.0
 _FREE_LEVEL = 10.0 ** (-90.0 / 20.0)
 #: Soft limiter: linear below this level, tanh above it, never reaching 1.0.
 _LIMIT_KNEE = 0.8
+#: A stolen voice fades out over this long before the new note starts.
+STEAL_FADE_S = 0.003
+#: Output-matrix and pickup-velocity changes ramp over this long.
+_RAMP_S = 0.002
+#: Morph and boundary are quantised to this many steps (the lowest mode is cached per pair).
+_BODY_STEPS = 128
+_MODE_CACHE_SIZE = 256
+#: Glide: retune every this many output samples while the offset exceeds _GLIDE_FLOOR cents.
+_GLIDE_TICK = 64
+_GLIDE_FLOOR = 0.05
+#: A drive or thump quieter than this (relative to full force, −120 dB) is off.
+_LEVEL_FLOOR = 1e-6
+#: Slowest energy decay the drive is calibrated for (1/s): an undamped body still gets a level.
+_DRIVE_MIN_DECAY = 1.0
+_LN1000 = math.log(1000.0)
+
+_I = {name: P.index(name) for name in P.NAMES}
 
 
-def _envelope(t: np.ndarray, contact: int, pluck: bool) -> np.ndarray:
-    """Strike (raised cosine over the contact) or pluck (ramp, then let go) at samples ``t``."""
+def _envelope(t: np.ndarray, contact: int, pluck: float) -> np.ndarray:
+    """``(1−pluck)·raised cosine + pluck·ramp`` over the contact, zero after, at samples ``t``."""
     inside = t < contact
     phase = np.where(inside, t / contact, 1.0)
-    if pluck:
-        return np.where(inside, phase, 0.0)
-    return np.where(inside, 0.5 * (1.0 - np.cos(2.0 * np.pi * phase)), 0.0)
+    strike = 0.5 * (1.0 - np.cos(2.0 * np.pi * phase))
+    return np.where(inside, (1.0 - pluck) * strike + pluck * phase, 0.0)
 
 
 def note_to_hz(note: float, a4_hz: float = 440.0) -> float:
@@ -69,28 +138,63 @@ def note_to_hz(note: float, a4_hz: float = 440.0) -> float:
 
 
 @dataclass
+class _Tone:
+    """One note's physics: its parameters and what the engine derived from them."""
+
+    note: int
+    channel: int
+    velocity: float
+    params: np.ndarray
+    explicit: bool  # given to note_on: never re-evaluated
+    morph: float
+    boundary: float
+    mode: LowestMode
+    d_mode_hz: float  # mode-weighted mean of the morphed map's d (before damping_scale)
+    steps: int = 1
+    released: bool = False
+    glide_cents: float = 0.0
+    glide_at: int = 0  # absolute sample of the last glide update
+    frequency_hz: float = 0.0
+    record: np.ndarray = field(default_factory=lambda: np.zeros((), RECORD_DTYPE))
+
+
+@dataclass
 class _Voice:
     slot: int
+    active: bool = False
+    # the newest note on this voice (the pending one while a steal fades)
     note: int = -1
     channel: int = 0
-    active: bool = False
     released: bool = False
     held_by_pedal: bool = False
     started_at: int = 0
     released_at: int = 0
-    steps_per_sample: int = 1
-    frequency_hz: float = 0.0
-    mode: LowestMode | None = None
-    eta: float = 0.0
-    gamma_hz: float = 0.0
-    record: np.ndarray = field(default_factory=lambda: np.zeros((), RECORD_DTYPE))
-    # strike: samples since contact began, contact length, peak kick, kind
+    tone: _Tone | None = None
+    pending: _Tone | None = None
+    pending_at: int = 0
+    fade_end: int = -1
+    # strike in progress: samples since contact began, contact length, peak kick, pluck blend
     strike_pos: int = 1 << 30
     contact_samples: int = 1
     kick: float = 0.0
-    pluck: bool = False
+    pluck: float = 0.0
+    drive: float = 0.0
+    # output stage: decimator state, last output sample, coefficient ramp
     zi: np.ndarray | None = None
-    dispatched: bool = False
+    zi_steps: int = 0
+    y_prev: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    coef_now: np.ndarray = field(default_factory=lambda: np.zeros(6))
+    coef_target: np.ndarray = field(default_factory=lambda: np.zeros(6))
+    coef_left: int = 0
+    rng: np.random.Generator | None = None
+
+    @property
+    def steps_per_sample(self) -> int:
+        return self.tone.steps if self.tone is not None else 1
+
+    @property
+    def frequency_hz(self) -> float:
+        return self.tone.frequency_hz if self.tone is not None else 0.0
 
 
 @dataclass
@@ -100,6 +204,25 @@ class _Pending:
     a: int = 0
     b: int = 0
     value: float = 0.0
+    params: np.ndarray | None = None
+
+
+class _Block:
+    """What the events of one block did to each voice (filled while the events are applied)."""
+
+    def __init__(self, t0: int) -> None:
+        self.t0 = t0
+        self.records: dict[int, list[list]] = {}  # slot → [[offset, record, flags]]
+        self.strikes: dict[int, list[tuple[int, int, float, int, float]]] = {}
+        self.drives: dict[int, list[tuple[int, float]]] = {}
+        self.coefs: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+        self.resets: dict[int, list[int]] = {}
+        self.queue: list[tuple[int, int, int, object]] = []  # (offset, priority, seq, item)
+        self.seq = 0
+
+    def push(self, offset: int, priority: int, item: object) -> None:
+        heapq.heappush(self.queue, (offset, priority, self.seq, item))
+        self.seq += 1
 
 
 class Synth:
@@ -110,9 +233,12 @@ class Synth:
         preset: the instrument; its grid size must match the backend's.
         sample_rate_hz: output sample rate (44 100, 48 000 or 96 000 typical).
         max_polyphony: voices that may sound at once (≤ the backend's voices).
-        release_s: 60 dB decay time after note off.
+        release_s: the default source's release time (``None``: the parameter's default);
+            only with the default source.
         bend_range_semitones: pitch-bend range (±).
-        morph_to: an optional second preset for morphing; :meth:`set_morph` sets the weight.
+        morph_to: an optional second preset, the map that ``morph`` moves towards.
+        param_source: a callable (a :class:`~engine.kan.KAN`, say) from the five KAN inputs
+            to the 25 parameters; ``None``: :meth:`KAN.default` centred on the preset's values.
 
     Not thread-safe: a single thread (the render thread) calls every method.
     """
@@ -124,23 +250,30 @@ class Synth:
         *,
         sample_rate_hz: int = 48_000,
         max_polyphony: int | None = None,
-        release_s: float = 0.25,
+        release_s: float | None = None,
         bend_range_semitones: float = 2.0,
         morph_to: Preset | None = None,
+        param_source: ParamSource | None = None,
     ) -> None:
         if preset.grid_n != backend.grid_n:
             raise ValueError(
                 f"preset {preset.name!r} is {preset.grid_n}×{preset.grid_n}; the backend "
                 f"simulates {backend.grid_n}×{backend.grid_n}"
             )
+        if release_s is not None and param_source is not None:
+            raise ValueError(
+                "release_s sets the default parameter source's release; with param_source "
+                "given, the source decides release_s"
+            )
         self.backend = backend
         self.preset = preset
         self.sample_rate_hz = int(sample_rate_hz)
         self.block_frames = backend.block_frames
-        self.release_s = float(release_s)
         self.bend_range_semitones = float(bend_range_semitones)
         n_voices = min(max_polyphony or backend.max_voices, backend.max_voices)
-        self.voices = [_Voice(slot=i) for i in range(n_voices)]
+        self.voices = [
+            _Voice(slot=i, rng=np.random.default_rng(0x5EED + i)) for i in range(n_voices)
+        ]
         self.plan = backend.new_plan()
         backend.upload_map(0, preset.stiffness, preset.damping_per_s)
         target = morph_to or preset
@@ -151,25 +284,56 @@ class Synth:
             (np.asarray(preset.stiffness, np.float64), np.asarray(preset.damping_per_s, np.float64)),
             (np.asarray(target.stiffness, np.float64), np.asarray(target.damping_per_s, np.float64)),
         )
-        self.morph = 0.0
-        self._modes: dict[tuple[float, float], LowestMode] = {}
+        #: The preset's parameter vector (with ``release_s`` if given): the default source's centre.
+        self.base_params = P.preset_params(preset)
+        if release_s is not None:
+            self.base_params[_I["release_s"]] = P.spec("release_s").check(release_s)
+        self.param_source: ParamSource = (
+            param_source if param_source is not None else KAN.default(self.base_params)
+        )
+        self.release_s = float(self.base_params[_I["release_s"]])
+        self._morph_override: float | None = None
+        self._modes: OrderedDict[tuple[int, int], tuple[LowestMode, float]] = OrderedDict()
         self._pending: list[_Pending] = []
         self._bend = np.zeros(16)
+        self._mod = np.zeros(16)
+        self._pressure = np.zeros(16)
+        self._slide = np.full(16, 0.5)
         self._sustain = np.zeros(16, bool)
         self._now = 0
         self._sos = {
             os_: scipy.signal.ellip(10, 0.1, 90, 0.9 / os_, output="sos") for os_ in range(2, 17)
         }
-        self._gain = 10.0 ** (preset.gain_db / 20.0)
+        self._fade = max(1, int(round(STEAL_FADE_S * self.sample_rate_hz)))
+        self._ramp = max(1, int(round(_RAMP_S * self.sample_rate_hz)))
+        self._glide_every = max(_GLIDE_TICK, -(-self.block_frames // 16))
         self._dc_x = np.zeros(2)
         self._dc_y = np.zeros(2)
         self._dc_r = math.exp(-2.0 * math.pi * 8.0 / self.sample_rate_hz)
-        self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped_bends": 0}
+        self._blk: _Block | None = None
+        self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0}
 
     # ---- performance events (offset = sample inside the next block) ----------------------
 
-    def note_on(self, note: int, velocity: int, channel: int = 0, offset: int = 0) -> None:
-        self._queue(_Pending(offset, "on", note, channel, velocity / 127.0))
+    def note_on(
+        self,
+        note: int,
+        velocity: int,
+        channel: int = 0,
+        offset: int = 0,
+        params: np.ndarray | None = None,
+    ) -> None:
+        """Strike ``note`` (MIDI 0..127) at ``velocity`` (0..127).
+
+        ``params``: the note's 25 parameters (:mod:`engine.params`), used as given (velocity
+        then only labels the note) and never re-evaluated; ``None``: the parameter source's.
+
+        Raises:
+            ValueError: an offset outside the block; :class:`~engine.params.ParamError` for a
+                parameter vector of the wrong shape or with a value outside its range.
+        """
+        p = None if params is None else P.validate(np.array(params, np.float64))
+        self._queue(_Pending(offset, "on", note, channel, velocity / 127.0, p))
 
     def note_off(self, note: int, channel: int = 0, offset: int = 0) -> None:
         self._queue(_Pending(offset, "off", note, channel))
@@ -181,12 +345,34 @@ class Synth:
         """``amount`` in [-1, 1] of the bend range."""
         self._queue(_Pending(offset, "bend", 0, channel, float(np.clip(amount, -1.0, 1.0))))
 
+    def set_mod_wheel(self, value: float, channel: int = 0, offset: int = 0) -> None:
+        """Mod wheel (0..1) of ``channel``; its sounding notes take the re-evaluated parameters."""
+        self._queue(_Pending(offset, "mod", 0, channel, _unit(value, "mod wheel")))
+
+    def set_pressure(self, value: float, channel: int = 0, offset: int = 0) -> None:
+        """Pressure (channel or MPE per-note aftertouch, 0..1) of ``channel``; re-evaluates."""
+        self._queue(_Pending(offset, "pressure", 0, channel, _unit(value, "pressure")))
+
+    def set_slide(self, value: float, channel: int = 0, offset: int = 0) -> None:
+        """MPE slide (CC74, 0..1, rest ½) of ``channel``; re-evaluates its sounding notes."""
+        self._queue(_Pending(offset, "slide", 0, channel, _unit(value, "slide")))
+
     def all_notes_off(self, channel: int = 0, offset: int = 0) -> None:
         self._queue(_Pending(offset, "all_off", 0, channel))
 
-    def set_morph(self, weight: float) -> None:
-        """Morph weight towards ``morph_to`` (0..1) for notes struck from now on."""
-        self.morph = float(np.clip(weight, 0.0, 1.0))
+    def set_morph(self, weight: float | None) -> None:
+        """Override the ``morph`` parameter (0..1) of notes struck from now on; ``None`` stops."""
+        self._morph_override = None if weight is None else float(np.clip(weight, 0.0, 1.0))
+
+    def set_param_source(self, source: ParamSource) -> None:
+        """Use ``source`` for notes struck and re-evaluated from now on."""
+        self.param_source = source
+
+    @property
+    def morph(self) -> float:
+        return self._morph_override if self._morph_override is not None else float(
+            self.base_params[_I["morph"]]
+        )
 
     @property
     def active_voices(self) -> int:
@@ -195,244 +381,537 @@ class Synth:
     def _queue(self, ev: _Pending) -> None:
         if not 0 <= ev.offset < self.block_frames:
             raise ValueError(f"offset={ev.offset} outside the block (0..{self.block_frames - 1})")
+        if not 0 <= ev.b < 16:
+            raise ValueError(f"channel={ev.b} outside 0..15")
         self._pending.append(ev)
 
-    # ---- physics of a voice ---------------------------------------------------------------
+    # ---- physics of a tone ----------------------------------------------------------------
 
-    def _mode(self, morph: float, boundary: float) -> LowestMode:
-        key = (round(morph, 4), round(boundary, 4))
-        mode = self._modes.get(key)
-        if mode is None:
-            s = self._maps[0][0] * (1 - key[0]) + self._maps[1][0] * key[0]
-            mode = lowest_mode(s, key[1])
-            self._modes[key] = mode
-        return mode
+    def _source_params(self, note: int, channel: int, velocity: float) -> np.ndarray:
+        x = inputs(note, velocity, self._mod[channel], self._pressure[channel], self._slide[channel])
+        p = P.clip(np.asarray(self.param_source(x), np.float64))
+        if self._morph_override is not None:
+            p[_I["morph"]] = self._morph_override
+        return p
 
-    def _damping_hz(self, mode: LowestMode, morph: float) -> float:
-        d = self._maps[0][1] * (1 - morph) + self._maps[1][1] * morph
-        return mode.weighted_mean(d)
+    def _body(self, params: np.ndarray) -> tuple[int, int, LowestMode, float]:
+        """Quantised morph and boundary, the lowest mode and its weighted damping (cached)."""
+        key = (
+            int(round(params[_I["morph"]] * _BODY_STEPS)),
+            int(round(params[_I["boundary"]] * _BODY_STEPS)),
+        )
+        hit = self._modes.get(key)
+        if hit is None:
+            w, b = key[0] / _BODY_STEPS, key[1] / _BODY_STEPS
+            s = self._maps[0][0] * (1 - w) + self._maps[1][0] * w
+            d = self._maps[0][1] * (1 - w) + self._maps[1][1] * w
+            mode = lowest_mode(s, b)
+            hit = (mode, mode.weighted_mean(d))
+            self._modes[key] = hit
+            if len(self._modes) > _MODE_CACHE_SIZE:
+                self._modes.popitem(last=False)
+        else:
+            self._modes.move_to_end(key)
+        return key[0], key[1], hit[0], hit[1]
 
-    def _start_voice(self, v: _Voice, note: int, channel: int, velocity: float) -> bool:
-        p = self.preset
-        n = p.grid_n
-        morph = self.morph
-        mode = self._mode(morph, p.boundary)
-        gamma_hz = self._damping_hz(mode, morph)
-        freq = note_to_hz(note + self._bend[channel] * self.bend_range_semitones)
-        try:
-            steps, c2, eta = choose_steps_per_sample(
-                freq,
-                mode,
-                sample_rate_hz=self.sample_rate_hz,
-                loss_m2_per_s=p.loss_m2_per_s,
-                dx_m=p.dx_m,
-                gamma_per_step_hz=gamma_hz,
-                max_steps_per_sample=self.backend.max_steps_per_sample,
-                headroom_semitones=self.bend_range_semitones,
-            )
-        except TuningError as exc:
-            self.stats["refused"] += 1
-            log.warning("note %d refused: %s", note, exc)
-            return False
+    def _new_tone(self, note: int, channel: int, velocity: float, params: np.ndarray, explicit: bool) -> _Tone:
+        mq, bq, mode, d_mode = self._body(params)
+        return _Tone(
+            note, channel, velocity, params.copy(), explicit, mq / _BODY_STEPS, bq / _BODY_STEPS,
+            mode, d_mode, glide_cents=_initial_glide(params), glide_at=self._now,
+        )
+
+    def _sigma(self, t: _Tone, released: bool | None = None) -> float:
+        """σ₁ of the tone in m²/s (held or released)."""
+        released = t.released if released is None else released
+        scale = t.params[_I["loss_scale"]] * (t.params[_I["release_loss_scale"]] if released else 1.0)
+        return self.preset.loss_m2_per_s * float(scale)
+
+    def _damping_hz(self, t: _Tone) -> tuple[float, float]:
+        """``(mode-weighted d·damping_scale, uniform add incl. release)`` in 1/s."""
+        add = float(t.params[_I["damping_add_per_s"]])
+        if t.released:
+            add += _LN1000 / float(t.params[_I["release_s"]])
+        return t.d_mode_hz * float(t.params[_I["damping_scale"]]), add
+
+    def _decay_hz(self, t: _Tone) -> float:
+        """Amplitude decay rate of the fundamental, ``d + σ₁μ/Δx²`` (1/s)."""
+        d_map, add = self._damping_hz(t)
+        return d_map + add + self._sigma(t) * t.mode.mu / self.preset.dx_m**2
+
+    def _pitch_hz(self, t: _Tone) -> float:
+        p = t.params
+        semis = (
+            t.note
+            + p[_I["detune_cents"]] / 100.0
+            + self._bend[t.channel] * self.bend_range_semitones
+            + t.glide_cents / 100.0
+        )
+        return note_to_hz(float(semis))
+
+    def _fits(self, t: _Tone, steps: int) -> bool:
+        """Whether the tone (with bend headroom, held or released loss) is stable at ``steps``."""
         dt = 1.0 / (self.sample_rate_hz * steps)
-        exc = p.excitation
-        width = max(exc["width"] * n, 0.5)
-        g = np.exp(-((np.arange(n) - exc["x"] * (n - 1)) ** 2) / (2 * width**2))
-        h = np.exp(-((np.arange(n) - exc["y"] * (n - 1)) ** 2) / (2 * width**2))
-        r = v.record
+        top = self._pitch_hz(t) * 2.0 ** (self.bend_range_semitones / 12.0)
+        if 2.0 * math.pi * top * dt >= math.pi:
+            return False
+        eta = 2.0 * max(self._sigma(t, False), self._sigma(t, True)) * dt / self.preset.dx_m**2
+        d_map, add = self._damping_hz(t)
+        c2_top = solve_c2(top, t.mode.mu, eta, (d_map + add) * dt, dt)
+        return 0.0 < c2_top and (c2_top + 2.0 * eta) * t.mode.max_stiffness < CFL_LIMIT * CFL_SAFETY
+
+    def _choose_steps(self, t: _Tone) -> int:
+        """The fewest steps per sample for the tone (raises :class:`TuningError`)."""
+        d_map, add = self._damping_hz(t)
+        steps, _, _ = choose_steps_per_sample(
+            self._pitch_hz(t),
+            t.mode,
+            sample_rate_hz=self.sample_rate_hz,
+            loss_m2_per_s=max(self._sigma(t, False), self._sigma(t, True)),
+            dx_m=self.preset.dx_m,
+            gamma_per_step_hz=d_map + add,
+            max_steps_per_sample=self.backend.max_steps_per_sample,
+            headroom_semitones=self.bend_range_semitones,
+        )
+        return steps
+
+    def _fill_record(self, t: _Tone) -> None:
+        """Derive the tone's record at its steps: exact C² for its pitch, clamped if unstable."""
+        n = self.preset.grid_n
+        p = t.params
+        dt = 1.0 / (self.sample_rate_hz * t.steps)
+        eta = 2.0 * self._sigma(t) * dt / self.preset.dx_m**2
+        d_map, add = self._damping_hz(t)
+        freq = self._pitch_hz(t)
+        limit = CFL_LIMIT * CFL_SAFETY / t.mode.max_stiffness - 2.0 * eta
+        try:
+            c2 = solve_c2(freq, t.mode.mu, eta, (d_map + add) * dt, dt)
+        except TuningError:
+            c2 = limit
+        if not 0.0 < c2 < limit:
+            self.stats["clamped"] += 1
+            c2 = float(np.clip(c2, 1e-9, limit * 0.999))
+        t.frequency_hz = freq
+        width = max(float(p[_I["excite_width"]]) * n, 0.5)
+        ex = float(p[_I["excite_x"]]) * (n - 1)
+        ey = float(p[_I["excite_y"]]) * (n - 1)
+        k = np.arange(n)
+        gx = np.exp(-((k - ex) ** 2) / (2 * width**2))
+        gy = np.exp(-((k - ey) ** 2) / (2 * width**2))
+        r = t.record
         r[...] = 0
         r["c2"] = c2
         r["eta"] = eta
-        r["gamma_per_d"] = dt
-        r["gamma_add"] = 0.0
-        r["morph"] = morph
-        r["boundary"] = p.boundary
-        r["exc_x"] = exc["x"] * (n - 1)
-        r["exc_y"] = exc["y"] * (n - 1)
+        r["gamma_per_d"] = dt * float(p[_I["damping_scale"]])
+        r["gamma_add"] = dt * add
+        r["morph"] = t.morph
+        r["boundary"] = t.boundary
+        r["exc_x"] = ex
+        r["exc_y"] = ey
         r["exc_inv_2w2"] = 1.0 / (2.0 * width**2)
-        r["exc_norm"] = 1.0 / (g.sum() * h.sum())
-        r["pick_lx"], r["pick_ly"] = (c * (n - 1) for c in p.pickups["left"])
-        r["pick_rx"], r["pick_ry"] = (c * (n - 1) for c in p.pickups["right"])
+        r["exc_norm"] = 1.0 / (gx.sum() * gy.sum())
+        r["pick_lx"] = p[_I["pickup_l_x"]] * (n - 1)
+        r["pick_ly"] = p[_I["pickup_l_y"]] * (n - 1)
+        r["pick_rx"] = p[_I["pickup_r_x"]] * (n - 1)
+        r["pick_ry"] = p[_I["pickup_r_y"]] * (n - 1)
         r["map_a"], r["map_b"] = 0, 1
-        # velocity: force ∝ v^1.5, contact shortens up to 3× for a hard hit
-        contact_s = exc["contact_time_s"] * (1.8 - 1.2 * velocity)
-        contact = max(2, int(round(contact_s * self.sample_rate_hz)))
-        theta1 = 2.0 * math.pi * freq * dt
-        v.kick = _KICK_GAIN * velocity**1.5 * math.sin(theta1) / (0.5 * contact * steps)
-        v.contact_samples = contact
-        v.pluck = exc["kind"] == "pluck"
-        v.strike_pos = 0
-        if v.steps_per_sample != steps or v.zi is None or not v.active:
-            v.zi = (
-                np.zeros((self._sos[steps].shape[0], 2, 2)) if steps > 1 else None
-            )
-        v.steps_per_sample = steps
-        v.frequency_hz = freq
-        v.mode = mode
-        v.eta = eta
-        v.gamma_hz = gamma_hz
-        v.note = note
-        v.channel = channel
-        v.released = False
-        v.held_by_pedal = False
-        v.started_at = self._now
-        return True
 
-    def _retune(self, v: _Voice) -> None:
-        """New C² for the voice's note under the channel's current bend (same steps)."""
-        freq = note_to_hz(v.note + self._bend[v.channel] * self.bend_range_semitones)
-        dt = 1.0 / (self.sample_rate_hz * v.steps_per_sample)
-        c2 = solve_c2(freq, v.mode.mu, v.eta, v.gamma_hz * dt, dt)
-        limit = CFL_LIMIT * CFL_SAFETY / v.mode.max_stiffness - 2.0 * v.eta
-        if not 0.0 < c2 < limit:
-            self.stats["clamped_bends"] += 1
-            c2 = float(np.clip(c2, 1e-9, limit * 0.999))
-        v.record["c2"] = c2
+    def _kick(self, t: _Tone, amplitude: float, contact: int) -> float:
+        """Peak force per step of a strike of ``amplitude`` (1 = full force) over ``contact``."""
+        theta1 = 2.0 * math.pi * t.frequency_hz / (self.sample_rate_hz * t.steps)
+        return _KICK_GAIN * amplitude * math.sin(theta1) / (0.5 * contact * t.steps)
 
-    def _release(self, v: _Voice) -> None:
-        v.released = True
-        v.held_by_pedal = False
-        v.released_at = self._now
-        dt = 1.0 / (self.sample_rate_hz * v.steps_per_sample)
-        v.record["gamma_add"] = dt * math.log(1000.0) / self.release_s
+    def _contact(self, t: _Tone) -> int:
+        return max(2, int(round(float(t.params[_I["contact_time_s"]]) * self.sample_rate_hz)))
 
-    def _allocate(self, note: int, channel: int) -> tuple[_Voice, bool]:
+    def _drive_sigma(self, t: _Tone) -> float:
+        """Standard deviation of the drive force per output sample (0 when off or released)."""
+        amp = P.level_amplitude(float(t.params[_I["drive_db"]]), "drive_db")
+        if t.released or amp < _LEVEL_FLOOR:
+            return 0.0
+        theta1 = 2.0 * math.pi * t.frequency_hz / (self.sample_rate_hz * t.steps)
+        alpha = max(self._decay_hz(t), _DRIVE_MIN_DECAY)
+        return _KICK_GAIN * amp * math.sin(theta1) * math.sqrt(2.0 * alpha / self.sample_rate_hz) / t.steps
+
+    def _coefs(self, t: _Tone) -> np.ndarray:
+        """Output coefficients ``[c_u, c_d, a11, a12, a21, a22]`` of the tone (see the docstring)."""
+        p = t.params
+        m = float(p[_I["pickup_velocity"]])
+        norm = max(2.0 * math.sin(math.pi * min(t.frequency_hz / self.sample_rate_hz, 0.5)), 1e-4)
+        g = 10.0 ** (float(p[_I["gain_db"]]) / 20.0)
+        phi = 0.25 * math.pi * (1.0 + float(p[_I["pan"]]))
+        gl, gr = math.sqrt(2.0) * math.cos(phi), math.sqrt(2.0) * math.sin(phi)
+        w = float(p[_I["stereo_width"]])
+        same, cross = 0.5 * (1.0 + w), 0.5 * (1.0 - w)
+        return np.array([1.0 - m, m / norm, g * gl * same, g * gl * cross, g * gr * cross, g * gr * same])
+
+    def _plan(self, note: int, channel: int, velocity: float, params: np.ndarray | None,
+              steps: int | None = None) -> _Tone | None:
+        """A tone for a new note, at ``steps`` (``None``: the fewest); ``None`` if it cannot play."""
+        explicit = params is not None
+        p = params if explicit else self._source_params(note, channel, velocity)
+        t = self._new_tone(note, channel, velocity, p, explicit)
+        if steps is None:
+            try:
+                t.steps = self._choose_steps(t)
+            except TuningError as exc:
+                self.stats["refused"] += 1
+                log.warning("note %d refused: %s", note, exc)
+                return None
+        elif self._fits(t, steps):
+            t.steps = steps
+        else:
+            return None
+        self._fill_record(t)
+        return t
+
+    # ---- what an event does to the block --------------------------------------------------
+
+    def _blk_record(self, v: _Voice, offset: int, reset: bool = False) -> None:
+        blk = self._blk
+        rec = v.tone.record.copy()
+        flags = RECORD_RESET if reset else 0
+        lst = blk.records.get(v.slot)
+        if lst is None:  # a voice that starts in this block: its first record resets the field
+            blk.records[v.slot] = [[0, rec, RECORD_RESET]]
+        elif lst[-1][0] == offset:
+            lst[-1][1] = rec
+            lst[-1][2] |= flags
+        else:
+            lst.append([offset, rec, flags])
+
+    def _blk_strike(self, v: _Voice, offset: int, kick: float, contact: int, pluck: float) -> None:
+        lst = self._blk.strikes.setdefault(v.slot, [(0, 1 << 30, 0.0, 1, 0.0)])
+        if lst[-1][0] == offset:
+            lst.pop()
+        lst.append((offset, 0, kick, contact, pluck))
+        v.kick, v.contact_samples, v.pluck = kick, contact, pluck
+
+    def _blk_drive(self, v: _Voice, offset: int, sigma: float) -> None:
+        lst = self._blk.drives.setdefault(v.slot, [(0, 0.0)])
+        if lst[-1][0] == offset:
+            lst.pop()
+        lst.append((offset, sigma))
+        v.drive = sigma
+
+    def _blk_coefs(self, v: _Voice, offset: int, target: np.ndarray, ramp: int) -> None:
+        self._blk.coefs.setdefault(v.slot, []).append((offset, target, ramp))
+
+    def _fresh_output(self, v: _Voice) -> None:
+        v.zi = None
+        v.y_prev = np.zeros(2)
+
+    def _install(self, v: _Voice, t: _Tone, offset: int, reset: bool) -> None:
+        """Start tone ``t`` on voice ``v`` at ``offset``: with a RESET of the field, or as a
+        restrike of the ringing field (a retrigger)."""
+        blk = self._blk
+        in_block = v.slot in blk.records
+        v.tone, v.pending = t, None
+        v.active = True
+        t.glide_cents = _initial_glide(t.params)
+        t.glide_at = blk.t0 + offset
+        self._fill_record(t)
+        self._blk_record(v, offset, reset)
+        coefs = self._coefs(t)
+        if reset:
+            if in_block:
+                blk.resets.setdefault(v.slot, []).append(offset)
+                self._blk_coefs(v, offset, coefs, 0)
+            else:
+                self._fresh_output(v)
+                v.coef_now, v.coef_target, v.coef_left = coefs.copy(), coefs.copy(), 0
+                blk.coefs.pop(v.slot, None)
+            v.fade_end = -1
+        else:
+            self._blk_coefs(v, offset, coefs, self._ramp)
+        contact = self._contact(t)
+        amp = 10.0 ** (float(t.params[_I["force_db"]]) / 20.0)
+        self._blk_strike(v, offset, self._kick(t, amp, contact), contact, float(t.params[_I["pluck"]]))
+        self._blk_drive(v, offset, self._drive_sigma(t))
+
+    def _note_on(self, ev: _Pending, offset: int) -> None:
+        note, ch, vel = ev.a, ev.b, ev.value
+        blk = self._blk
+        at = blk.t0 + offset
+        v, kind = self._allocate(note, ch)
+        if kind == "retrigger" and v.pending is not None:
+            t = self._plan(note, ch, vel, ev.params, v.pending.steps)
+            if t is not None:
+                v.pending = t
+                self._mark_started(v, note, ch, at)
+                return
+            kind = "steal"
+        elif kind == "retrigger":
+            t = self._plan(note, ch, vel, ev.params, v.tone.steps)
+            if t is not None:
+                self._install(v, t, offset, reset=False)
+                self._mark_started(v, note, ch, at)
+                return
+            kind = "steal"
+        t = self._plan(note, ch, vel, ev.params)
+        if t is None:
+            return
+        if kind == "free":
+            self._install(v, t, offset, reset=True)
+            self._mark_started(v, note, ch, at)
+            return
+        # steal: fade the old sound out, then reset and strike
+        self.stats["stolen"] += 1
+        if v.fade_end < 0:
+            v.fade_end = at + self._fade
+            self._blk_coefs(v, offset, np.zeros(6), self._fade)
+        start = max(v.fade_end, at)
+        if t.steps != v.tone.steps:
+            start = -(-(start - blk.t0) // self.block_frames) * self.block_frames + blk.t0
+        v.pending, v.pending_at = t, start
+        self._mark_started(v, note, ch, at)
+        if start - blk.t0 < self.block_frames:
+            blk.push(start - blk.t0, 0, ("start", v))
+
+    def _mark_started(self, v: _Voice, note: int, ch: int, at: int) -> None:
+        v.note, v.channel = note, ch
+        v.released = v.held_by_pedal = False
+        v.started_at = at
+        self.stats["notes"] += 1
+
+    def _start_pending(self, v: _Voice, offset: int) -> None:
+        t = v.pending
+        if t is None or v.pending_at != self._blk.t0 + offset:
+            return
+        released = t.released
+        t.released = False
+        self._install(v, t, offset, reset=True)
+        if released:
+            self._release_tone(v, offset, thump=False)
+
+    def _allocate(self, note: int, channel: int) -> tuple[_Voice, str]:
         for v in self.voices:  # the same note retriggered reuses its voice
             if v.active and v.note == note and v.channel == channel:
-                return v, False
+                return v, "retrigger"
         for v in self.voices:
             if not v.active:
-                return v, True
+                return v, "free"
         released = [v for v in self.voices if v.released]
         victim = min(released or self.voices, key=lambda v: v.released_at if v.released else v.started_at)
-        self.stats["stolen"] += 1
-        return victim, True
+        return victim, "steal"
 
-    # ---- one block ------------------------------------------------------------------------
+    def _release(self, v: _Voice, offset: int) -> None:
+        v.released = True
+        v.held_by_pedal = False
+        v.released_at = self._blk.t0 + offset
+        if v.pending is not None:
+            v.pending.released = True
+        else:
+            self._release_tone(v, offset, thump=True)
 
-    def render_block(self) -> np.ndarray:
-        """Render the next block; returns float32 ``(block_frames, 2)`` in [-1, 1]."""
-        plan = self.plan
-        plan.clear()
-        events: dict[int, list[tuple[int, int]]] = {}
-        start_records: dict[int, int] = {}
-        for v in self.voices:
-            if v.active:
-                rec = v.record.copy()
-                rec["flags"] = 0
-                start_records[v.slot] = plan.add_record(rec)
+    def _release_tone(self, v: _Voice, offset: int, thump: bool) -> None:
+        t = v.tone
+        self._decay_glide(t, self._blk.t0 + offset)
+        t.released = True
+        self._fill_record(t)
+        self._blk_record(v, offset)
+        self._blk_drive(v, offset, 0.0)
+        amp = P.level_amplitude(float(t.params[_I["thump_db"]]), "thump_db")
+        if thump and amp >= _LEVEL_FLOOR:
+            contact = self._contact(t)
+            self._blk_strike(v, offset, self._kick(t, amp, contact), contact, 0.0)
 
-        # the strike each active voice is in at the block start: (offset, pos, kick, contact, pluck)
-        strikes: dict[int, list[tuple[int, int, float, int, bool]]] = {
-            v.slot: [(0, v.strike_pos, v.kick, v.contact_samples, v.pluck)]
-            for v in self.voices
-            if v.active
-        }
-        for ev in sorted(self._pending, key=lambda e: e.offset):
-            touched = self._apply(ev, start_records)
-            for v, reset in touched:
-                rec = v.record.copy()
-                rec["flags"] = RECORD_RESET if reset else 0
-                if v.slot not in start_records:
-                    # a voice that starts in this block: its first record resets the field
-                    rec["flags"] = RECORD_RESET
-                    start_records[v.slot] = plan.add_record(rec)
-                    strikes[v.slot] = [(0, 1 << 30, 0.0, 1, False)]
-                    if ev.offset == 0:
-                        strikes[v.slot] = []
-                if ev.offset > 0 or strikes.get(v.slot):
-                    lst = events.setdefault(v.slot, [])
-                    if len(lst) >= plan.max_events_per_voice:
-                        plan.records[lst[-1][1]] = rec  # coalesce: keep the newest parameters
-                    else:
-                        lst.append((ev.offset, plan.add_record(rec)))
-                if ev.kind == "on":
-                    strikes[v.slot].append((ev.offset, 0, v.kick, v.contact_samples, v.pluck))
-        self._pending.clear()
+    def _update(self, v: _Voice, t: _Tone, offset: int, params: np.ndarray | None) -> None:
+        """Retune (new bend) or re-parameterise (``params``) a tone mid-note, at its steps."""
+        if params is not None:
+            mq, bq, mode, d_mode = self._body(params)
+            t.params = params.copy()
+            t.morph, t.boundary, t.mode, t.d_mode_hz = mq / _BODY_STEPS, bq / _BODY_STEPS, mode, d_mode
+        if t is not v.tone:
+            return  # a pending tone: derived when it starts
+        self._decay_glide(t, self._blk.t0 + offset)
+        self._fill_record(t)
+        self._blk_record(v, offset)
+        if v.fade_end < 0:
+            self._blk_coefs(v, offset, self._coefs(t), self._ramp)
+        if params is not None:
+            self._blk_drive(v, offset, self._drive_sigma(t))
 
-        force = np.zeros(self.block_frames)
-        t = np.arange(self.block_frames)
-        order = []
-        for v in self.voices:
-            if not v.active:
-                continue
-            segments = strikes[v.slot]
-            for k, (off, pos, kick, contact, pluck) in enumerate(segments):
-                end = segments[k + 1][0] if k + 1 < len(segments) else self.block_frames
-                force[off:end] = kick * _envelope(t[off:end] - off + pos, contact, pluck)
-            off, pos = segments[-1][0], segments[-1][1]
-            v.strike_pos = min(pos + self.block_frames - off, 1 << 30)
-            idx = plan.add_voice(
-                v.slot,
-                v.steps_per_sample,
-                start_records[v.slot],
-                force,
-                events.get(v.slot, []),
-            )
-            order.append((idx, v))
+    def _decay_glide(self, t: _Tone, at: int) -> None:
+        if t.glide_cents != 0.0 and at > t.glide_at:
+            t.glide_cents *= math.exp(-2.0 * self._decay_hz(t) * (at - t.glide_at) / self.sample_rate_hz)
+            if abs(t.glide_cents) < _GLIDE_FLOOR:
+                t.glide_cents = 0.0
+        t.glide_at = max(t.glide_at, at)
 
-        out = np.zeros((self.block_frames, 2))
-        if order:
-            pickups = self.backend.run(plan)
-            for idx, v in order:
-                fine = plan.voice_pickups(pickups, idx).astype(np.float64)
-                if v.steps_per_sample > 1:
-                    y, v.zi = scipy.signal.sosfilt(self._sos[v.steps_per_sample], fine, axis=1, zi=v.zi)
-                    y = y[:, v.steps_per_sample - 1 :: v.steps_per_sample]
-                else:
-                    y = fine
-                if not np.all(np.isfinite(y)):
-                    log.error("voice %d went non-finite; silenced and reset", v.slot)
-                    v.active = False
-                    continue
-                out += y.T
-                if v.released and np.max(np.abs(y)) * self._gain < _FREE_LEVEL:
-                    v.active = False
-        self._now += self.block_frames
-        return self._finish(out)
-
-    def _apply(self, ev: _Pending, started: dict[int, int]) -> list[tuple[_Voice, bool]]:
-        """Apply one event to the voice state; returns the voices whose record changed."""
+    def _apply(self, ev: _Pending, offset: int) -> None:
         ch = ev.b
         if ev.kind == "on":
-            v, fresh = self._allocate(ev.a, ch)
-            was_active = v.active
-            if not self._start_voice(v, ev.a, ch, ev.value):
-                return []
-            v.active = True
-            self.stats["notes"] += 1
-            return [(v, fresh or not was_active)]
-        touched = []
-        if ev.kind == "off":
+            self._note_on(ev, offset)
+        elif ev.kind == "off":
             for v in self.voices:
                 if v.active and not v.released and v.note == ev.a and v.channel == ch:
                     if self._sustain[ch]:
                         v.held_by_pedal = True
                     else:
-                        self._release(v)
-                        touched.append((v, False))
+                        self._release(v, offset)
         elif ev.kind == "sustain":
             self._sustain[ch] = ev.value > 0.5
             if not self._sustain[ch]:
                 for v in self.voices:
                     if v.active and v.held_by_pedal and v.channel == ch:
-                        self._release(v)
-                        touched.append((v, False))
-        elif ev.kind == "bend":
-            self._bend[ch] = ev.value
-            for v in self.voices:
-                if v.active and v.channel == ch:
-                    self._retune(v)
-                    touched.append((v, False))
+                        self._release(v, offset)
         elif ev.kind == "all_off":
             for v in self.voices:
                 if v.active and v.channel == ch and not v.released:
-                    self._release(v)
-                    touched.append((v, False))
-        return [(v, r) for v, r in touched if v.slot in started or v.active]
+                    self._release(v, offset)
+        elif ev.kind in ("bend", "mod", "pressure", "slide"):
+            {"bend": self._bend, "mod": self._mod, "pressure": self._pressure, "slide": self._slide}[
+                ev.kind
+            ][ch] = ev.value
+            for v in self.voices:
+                if not v.active:
+                    continue
+                for t in (v.tone, v.pending):
+                    if t is None or t.channel != ch:
+                        continue
+                    params = None
+                    if ev.kind != "bend" and not t.explicit:
+                        params = self._source_params(t.note, ch, t.velocity)
+                    self._update(v, t, offset, params)
+
+    def _glide_tick(self, offset: int) -> None:
+        for v in self.voices:
+            t = v.tone
+            if v.active and t is not None and t.glide_cents != 0.0 and v.slot in self._blk.records:
+                self._decay_glide(t, self._blk.t0 + offset)
+                self._fill_record(t)
+                self._blk_record(v, offset)
+
+    # ---- one block ------------------------------------------------------------------------
+
+    def render_block(self) -> np.ndarray:
+        """Render the next block; returns float32 ``(block_frames, 2)`` in [-1, 1]."""
+        n_frames = self.block_frames
+        blk = self._blk = _Block(self._now)
+        for v in self.voices:
+            if v.active:
+                blk.records[v.slot] = [[0, v.tone.record.copy(), 0]]
+                blk.strikes[v.slot] = [(0, v.strike_pos, v.kick, v.contact_samples, v.pluck)]
+                blk.drives[v.slot] = [(0, v.drive)]
+                if v.pending is not None and v.pending_at < blk.t0 + n_frames:
+                    blk.push(max(v.pending_at - blk.t0, 0), 0, ("start", v))
+        for ev in self._pending:
+            blk.push(ev.offset, 1, ev)
+        self._pending.clear()
+        for off in range(self._glide_every, n_frames, self._glide_every):
+            blk.push(off, 2, ("glide", None))
+        while blk.queue:
+            off, _, _, item = heapq.heappop(blk.queue)
+            if isinstance(item, _Pending):
+                self._apply(item, off)
+            elif item[0] == "start":
+                self._start_pending(item[1], off)
+            else:
+                self._glide_tick(off)
+
+        plan = self.plan
+        plan.clear()
+        order = []
+        t = np.arange(n_frames)
+        for v in self.voices:
+            lst = blk.records.get(v.slot)
+            if not v.active or lst is None:
+                continue
+            lst = _coalesce(lst, plan.max_events_per_voice)
+            first = plan.add_record(_flagged(lst[0][1], lst[0][2]))
+            events = [(off, plan.add_record(_flagged(rec, fl))) for off, rec, fl in lst[1:]]
+            force = np.zeros(n_frames)
+            segments = blk.strikes[v.slot]
+            for k, (off, pos, kick, contact, pluck) in enumerate(segments):
+                end = segments[k + 1][0] if k + 1 < len(segments) else n_frames
+                if kick != 0.0 and pos < contact:  # else the contact is over: no force
+                    force[off:end] = kick * _envelope(t[off:end] - off + pos, contact, pluck)
+            off, pos = segments[-1][0], segments[-1][1]
+            v.strike_pos = min(pos + n_frames - off, 1 << 30)
+            drives = blk.drives[v.slot]
+            for k, (off, sigma) in enumerate(drives):
+                end = drives[k + 1][0] if k + 1 < len(drives) else n_frames
+                if sigma > 0.0 and end > off:
+                    force[off:end] += sigma * v.rng.standard_normal(end - off)
+            idx = plan.add_voice(v.slot, v.tone.steps, first, force, events)
+            order.append((idx, v))
+
+        out = np.zeros((n_frames, 2))
+        if order:
+            pickups = self.backend.run(plan)
+            for idx, v in order:
+                y = self._voice_output(v, plan.voice_pickups(pickups, idx), blk)
+                if y is None:
+                    continue
+                out += y.T
+                if v.released and v.pending is None and np.max(np.abs(y)) < _FREE_LEVEL:
+                    v.active = False
+        self._blk = None
+        self._now += n_frames
+        return self._finish(out)
+
+    def _voice_output(self, v: _Voice, pickups: np.ndarray, blk: _Block) -> np.ndarray | None:
+        """Decimate, apply pickup velocity and the output matrix; ``(2, block_frames)``."""
+        n_frames = self.block_frames
+        steps = v.tone.steps
+        fine = pickups.astype(np.float64)
+        resets = sorted(set(blk.resets.get(v.slot, [])))
+        y = np.empty((2, n_frames))
+        bounds = [0] + [r for r in resets if r > 0] + [n_frames]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a in resets or v.zi_steps != steps:
+                v.zi = None
+            if steps > 1:
+                if v.zi is None:
+                    v.zi = np.zeros((self._sos[steps].shape[0], 2, 2))
+                seg, v.zi = scipy.signal.sosfilt(self._sos[steps], fine[:, a * steps : b * steps], axis=1, zi=v.zi)
+                y[:, a:b] = seg[:, steps - 1 :: steps]
+            else:
+                y[:, a:b] = fine[:, a:b]
+            v.zi_steps = steps
+        if not np.all(np.isfinite(y)):
+            log.error("voice %d went non-finite; silenced", v.slot)
+            v.active = False
+            v.pending = None
+            return None
+        prev = np.concatenate([v.y_prev[:, None], y[:, :-1]], axis=1)
+        for r in resets:
+            prev[:, r] = 0.0
+        dy = y - prev
+        v.y_prev = y[:, -1].copy()
+        c = self._coef_track(v, blk.coefs.get(v.slot, []))
+        mixed = c[0] * y + c[1] * dy
+        return np.stack([c[2] * mixed[0] + c[3] * mixed[1], c[4] * mixed[0] + c[5] * mixed[1]])
+
+    def _coef_track(self, v: _Voice, changes: list[tuple[int, np.ndarray, int]]) -> np.ndarray:
+        """Per-sample output coefficients ``(6, block_frames)`` from the voice's ramp state."""
+        n_frames = self.block_frames
+        out = np.empty((6, n_frames))
+        pos = 0
+        for off, target, ramp in [*changes, (n_frames, None, 0)]:
+            self._coef_advance(v, out, pos, off)
+            pos = off
+            if target is not None:
+                v.coef_target = np.asarray(target, np.float64).copy()
+                v.coef_left = ramp
+                if ramp <= 0:
+                    v.coef_now = v.coef_target.copy()
+        return out
+
+    @staticmethod
+    def _coef_advance(v: _Voice, out: np.ndarray, a: int, b: int) -> None:
+        if b <= a:
+            return
+        k = min(b - a, v.coef_left)
+        if k > 0:
+            frac = np.arange(1, k + 1) / v.coef_left
+            out[:, a : a + k] = v.coef_now[:, None] + (v.coef_target - v.coef_now)[:, None] * frac
+            v.coef_left -= k
+            v.coef_now = v.coef_target.copy() if v.coef_left == 0 else out[:, a + k - 1].copy()
+        out[:, a + k : b] = v.coef_now[:, None]
 
     def _finish(self, mix: np.ndarray) -> np.ndarray:
-        mix *= self._gain
         # DC blocker y[n] = x[n] − x[n−1] + r·y[n−1], per channel
         for ch in range(2):
             x = mix[:, ch]
@@ -450,3 +929,34 @@ class Synth:
                 _LIMIT_KNEE + head * np.tanh((np.abs(mix[over]) - _LIMIT_KNEE) / head) * 0.999
             )
         return mix.astype(np.float32)
+
+
+def _initial_glide(params: np.ndarray) -> float:
+    g = float(params[_I["glide_cents"]])
+    return g if abs(g) >= _GLIDE_FLOOR else 0.0
+
+
+def _unit(value: float, what: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{what}={value!r}; expected a number in [0, 1]")
+    return min(max(v, 0.0), 1.0)
+
+
+def _flagged(rec: np.ndarray, flags: int) -> np.ndarray:
+    rec = rec.copy()
+    rec["flags"] = flags
+    return rec
+
+
+def _coalesce(lst: list[list], max_events: int) -> list[list]:
+    """At most ``max_events`` switches after the first record: drop the earliest non-reset
+    switches that a later one supersedes (their parameters then start a little late)."""
+    lst = list(lst)
+    i = 1
+    while len(lst) - 1 > max_events and i < len(lst) - 1:
+        if lst[i][2] & RECORD_RESET:
+            i += 1
+        else:
+            del lst[i]
+    return lst

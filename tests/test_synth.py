@@ -145,3 +145,153 @@ def test_preset_and_backend_grid_must_match(seed):
     rng = np.random.default_rng(seed)
     with pytest.raises(ValueError, match="is 32×32; the backend simulates 64×64"):
         Synth(CpuFdtd(64, 1, 128), preset(rng, 32))
+
+
+# ---- parameters, re-evaluation, stealing (issue 5) -------------------------------------------
+
+import engine.params as P  # noqa: E402
+from engine.kan import KAN  # noqa: E402
+from engine.synth import STEAL_FADE_S  # noqa: E402
+
+
+def twin(rng, voices: int = 2, **kw) -> tuple[Synth, Synth]:
+    p = preset(rng)
+    return tuple(
+        Synth(CpuFdtd(32, voices, 128, dtype=np.float64), p, sample_rate_hz=RATE, **kw) for _ in "ab"
+    )
+
+
+def held_note_then(s: Synth, note: int, block: int, event, blocks: int, velocity: int = 60) -> np.ndarray:
+    """Play ``note``, call ``event(s)`` before block ``block``, render ``blocks`` in all."""
+    s.note_on(note, velocity)
+    out = []
+    for k in range(blocks):
+        if k == block and event is not None:
+            event(s)
+        out.append(s.render_block())
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("new_note, same_steps", [(50, True), (86, False)])
+def test_a_stolen_voice_fades_out_instead_of_being_cut(seed, new_note, same_steps):
+    """One voice: a second note steals it. No sample step beyond the old note's own largest
+    step plus the fade's slope; a cut at that sample would have stepped by |y|."""
+    rng = np.random.default_rng(seed)
+    a, b = twin(rng, voices=1)
+    steal_block = 10
+    reference = held_note_then(a, 45, steal_block, None, steal_block + 1)[:, 0]
+    block = reference[steal_block * 128 :]
+    offset = int(np.argmax(np.abs(block[:100])))  # where a cut would hurt most
+    at = steal_block * 128 + offset
+    y = held_note_then(b, 45, steal_block, lambda s: s.note_on(new_note, 60, offset=offset), 24)
+    assert b.stats["stolen"] == 1 and [v.note for v in b.voices] == [new_note]
+    np.testing.assert_array_equal(y[:at, 0], reference[:at])
+    fade = int(round(STEAL_FADE_S * RATE))
+    start = at + fade if same_steps else -(-(at + fade) // 128) * 128
+    before = y[at - 1000 : at, 0]
+    natural = np.abs(np.diff(before)).max()
+    amplitude = np.abs(before).max()
+    allowed = natural + 2.0 * amplitude / fade
+    steps = np.abs(np.diff(y[at - 1 : start + 16], axis=0)).max()
+    assert steps <= allowed, f"seed={seed}: a step of {steps:.4g} (allowed {allowed:.4g})"
+    assert allowed < 0.5 * abs(reference[at]), f"seed={seed}: the test would not catch a cut"
+    # after the fade only the DC blocker's slow memory of the old note is left ...
+    tail = np.abs(np.diff(y[at + fade + 1 : start + 1], axis=0)).max(initial=0.0)
+    assert tail < 1e-3 * amplitude, f"seed={seed}: the old note still sounds after the fade"
+    # ... and from its start the new note is exactly a fresh one (up to that memory)
+    fresh = Synth(CpuFdtd(32, 1, 128, dtype=np.float64), a.preset, sample_rate_hz=RATE)
+    fresh.note_on(new_note, 60)
+    f = render(fresh, 12)
+    n = min(len(f), len(y) - start)
+    np.testing.assert_allclose(
+        np.diff(y[start : start + n], axis=0), np.diff(f[:n], axis=0), rtol=0,
+        atol=1e-3 * amplitude, err_msg=f"seed={seed}",
+    )
+    assert np.abs(f).max() > 50 * 1e-3 * amplitude
+
+
+def test_mod_wheel_reevaluates_sounding_notes_at_the_exact_sample(seed):
+    rng = np.random.default_rng(seed)
+    a, b = twin(rng)
+    offset = int(rng.integers(1, 127))
+    at = 5 * 128 + offset
+    ya = held_note_then(a, 60, 5, None, 30)
+    yb = held_note_then(b, 60, 5, lambda s: s.set_mod_wheel(1.0, offset=offset), 30)
+    np.testing.assert_array_equal(yb[:at], ya[:at], err_msg=f"seed={seed}")
+    assert np.abs(yb[at : at + 64] - ya[at : at + 64]).max() > 0, f"seed={seed}: no change at {offset}"
+    # mod wheel → lower σ₁: the highs ring longer
+    hi_a = np.abs(np.diff(ya[-1000:, 0])).mean() / np.abs(ya[-1000:, 0]).mean()
+    hi_b = np.abs(np.diff(yb[-1000:, 0])).mean() / np.abs(yb[-1000:, 0]).mean()
+    assert hi_b > hi_a, f"seed={seed}: mod wheel did not brighten ({hi_b:.4g} vs {hi_a:.4g})"
+
+
+def test_pressure_drives_a_held_note_and_slide_lengthens_it(seed):
+    rng = np.random.default_rng(seed)
+    p = preset(rng)
+
+    def tail_rms(event) -> float:
+        s = Synth(CpuFdtd(32, 2, 128, dtype=np.float64), p, sample_rate_hz=RATE)
+        y = held_note_then(s, 57, 3, event, 375)  # 1 s
+        assert np.all(np.isfinite(y))
+        return float(np.sqrt(np.mean(y[-12_000:] ** 2)))
+
+    rest = tail_rms(None)
+    assert tail_rms(lambda s: s.set_pressure(1.0)) > 2.0 * rest, f"seed={seed}"
+    assert tail_rms(lambda s: s.set_slide(1.0)) > 1.5 * rest, f"seed={seed}"
+    # another channel's pressure leaves this note alone
+    assert tail_rms(lambda s: s.set_pressure(1.0, channel=3)) == rest
+
+
+def test_explicit_params_are_played_as_given_and_checked(seed):
+    rng = np.random.default_rng(seed)
+    a, b = twin(rng)
+    quiet = P.from_dict({"gain_db": -20.0}, base=a.base_params)
+    ya = held_note_then(a, 60, 5, lambda s: s.set_mod_wheel(1.0), 20)
+    b.note_on(60, 60, params=quiet)
+    yb = np.concatenate([b.render_block() for _ in range(5)])
+    b.set_mod_wheel(1.0)  # explicit parameters are not re-evaluated
+    yb = np.concatenate([yb] + [b.render_block() for _ in range(15)])
+    # the default source at velocity 60 vs the centre (velocity ½ ≈ 63.5): close in force,
+    # and 20 dB quieter
+    ratio = np.abs(yb).max() / np.abs(ya).max()
+    assert 0.07 < ratio < 0.14, f"seed={seed}: level ratio {ratio:.3f}"
+    bad = P.defaults()
+    bad[P.index("excite_width")] = 2.0
+    with pytest.raises(P.ParamError, match=r"excite_width=2\.0 fraction of side is outside \[0\.005, 0\.5\]"):
+        a.note_on(60, 100, params=bad)
+    with pytest.raises(P.ParamError, match="25 entries"):
+        a.note_on(60, 100, params=np.zeros(3))
+
+
+def test_a_custom_parameter_source_is_used(seed):
+    rng = np.random.default_rng(seed)
+    p = preset(rng)
+    seen = []
+
+    def source(x: np.ndarray) -> np.ndarray:
+        seen.append(x.copy())
+        return P.from_dict({"pan": -1.0})
+
+    s = Synth(CpuFdtd(32, 2, 128, dtype=np.float64), p, sample_rate_hz=RATE, param_source=source)
+    s.set_mod_wheel(0.25, channel=2)
+    s.note_on(64, 127, channel=2)
+    y = render(s, 10)
+    np.testing.assert_allclose(seen[0], [64 / 127, 1.0, 0.25, 0.0, 0.5])
+    assert np.abs(y[:, 1]).max() == 0.0 and np.abs(y[:, 0]).max() > 0.0, "pan −1 is left only"
+    with pytest.raises(ValueError, match="with param_source given, the source decides release_s"):
+        Synth(CpuFdtd(32, 1, 128), p, release_s=0.1, param_source=KAN.default())
+
+
+def test_many_controller_events_in_one_block_are_coalesced(seed):
+    rng = np.random.default_rng(seed)
+    s = synth(rng, voices=2)
+    s.note_on(60, 90)
+    s.note_on(67, 90, channel=1)
+    render(s, 2)
+    for k in range(100):  # more than a voice's 32 events a block
+        s.set_mod_wheel(k / 99, offset=k)
+        s.set_pressure(k / 99, channel=1, offset=k + 1)
+    y = render(s, 20)
+    assert np.all(np.isfinite(y)) and np.abs(y).max() < 1.0, f"seed={seed}"
+    with pytest.raises(ValueError, match="mod wheel=nan"):
+        s.set_mod_wheel(float("nan"))
