@@ -136,16 +136,15 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
-    from jack import start_jack_server
+    from jack import start_jack_server  # tests/jack.py
 
     server = start_jack_server(sample_rate=RATE, period=args.period)
     os.environ.update(server.env)
     try:
         import sounddevice as sd
+        from jack import portaudio_jack_output
 
-        sd._terminate()
-        sd._initialize()
-        device = [i for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] >= 2][0]
+        device = portaudio_jack_output()
         results = [measure(d, args, device) for d in ("ring", "callback")]
         sd._terminate()
     finally:

@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
-    from jack import start_jack_server
+    from jack import start_jack_server  # tests/jack.py
 
     from engine.audio import LiveEngine
     from engine.backends import open_backend
@@ -58,10 +58,9 @@ def main() -> None:
     os.environ.update(server.env)
     try:
         import sounddevice as sd
+        from jack import portaudio_jack_output
 
-        sd._terminate()
-        sd._initialize()
-        device = [i for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] >= 2][0]
+        device = portaudio_jack_output()
         engine = LiveEngine(synth, device=device, period_frames=args.period, ahead_blocks=args.ahead)
         engine.start()
         t_end = time.perf_counter() + args.minutes * 60

@@ -242,6 +242,9 @@ class LiveEngine:
 
         if self._running:
             return
+        warm_up = getattr(self.synth.backend, "warm_up", None)
+        if warm_up is not None:  # numba: compile or load now, not in the first played block
+            warm_up()
         self._running = True
         self.device_lost = False
         self._last_callback_ns = 0

@@ -132,6 +132,16 @@ class BlockPlan:
         self.max_out = max_voices * 2 * block_frames * max_steps_per_sample
         self.clear()
 
+    @classmethod
+    def sized_for(cls, backend: "FdtdBackend") -> "BlockPlan":
+        """A plan as large as ``backend``'s largest block."""
+        return cls(
+            backend.max_voices,
+            backend.block_frames,
+            max_steps_per_sample=backend.max_steps_per_sample,
+            max_events_per_voice=backend.max_events_per_voice,
+        )
+
     def clear(self) -> None:
         """Forget the block's voices, records and events (keeps the arrays)."""
         self.n_voices = 0
@@ -254,6 +264,11 @@ class FdtdBackend(Protocol):
     n_map_slots: int
     block_frames: int
     max_steps_per_sample: int
+    max_events_per_voice: int
+
+    def new_plan(self) -> BlockPlan:
+        """A :class:`BlockPlan` sized for this backend (``BlockPlan.sized_for(self)``)."""
+        ...
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
         """Make a material map resident in ``slot`` (done when a preset loads, never per block)."""

@@ -578,12 +578,7 @@ class CpuFdtd:
 
     def new_plan(self) -> BlockPlan:
         """A :class:`~engine.block.BlockPlan` sized for this backend."""
-        return BlockPlan(
-            self.max_voices,
-            self.block_frames,
-            max_steps_per_sample=self.max_steps_per_sample,
-            max_events_per_voice=self.max_events_per_voice,
-        )
+        return BlockPlan.sized_for(self)
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
         """Make a material map resident in ``slot``; arrays are ``(grid_n, grid_n)``."""
@@ -654,6 +649,13 @@ class CpuFdtd:
             _DUP_SLOT: f"field slot {int(h['slot'])} dispatched twice in one block",
         }[code]
         raise ValueError(f"plan voice {v}: {what}")
+
+    def warm_up(self) -> float:
+        """Compile (or load from the cache) this backend's kernel; seconds it took.
+
+        Call before real-time use, off the audio thread: a first compile takes ~10 s.
+        """
+        return warm_up((self.dtype,))
 
     def write_fields(self, slot: int, fields: np.ndarray) -> None:
         """Set the voice's ``(u^{n-1}, u^n)`` (``(2, N, N)``) before the next block."""

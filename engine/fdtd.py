@@ -216,12 +216,7 @@ class GpuFdtd:
 
     def new_plan(self) -> BlockPlan:
         """A :class:`~engine.block.BlockPlan` sized for this backend."""
-        return BlockPlan(
-            self.max_voices,
-            self.block_frames,
-            max_steps_per_sample=self.max_steps_per_sample,
-            max_events_per_voice=self.max_events_per_voice,
-        )
+        return BlockPlan.sized_for(self)
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
         """Make a material map resident in ``slot``; arrays are ``(grid_n, grid_n)``."""

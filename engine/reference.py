@@ -111,8 +111,10 @@ class ReferenceFdtd:
         *,
         n_map_slots: int = 4,
         max_steps_per_sample: int = 16,
+        max_events_per_voice: int = 32,
     ) -> None:
         self.grid_n = grid_n
+        self.max_events_per_voice = max_events_per_voice
         self.max_voices = max_voices
         self.block_frames = block_frames
         self.n_map_slots = n_map_slots
@@ -120,6 +122,9 @@ class ReferenceFdtd:
         self.maps = np.zeros((n_map_slots, 2, grid_n, grid_n))
         self.fields = np.zeros((max_voices, 2, grid_n, grid_n))
         self.pickups = np.zeros(max_voices * 2 * block_frames * max_steps_per_sample)
+
+    def new_plan(self) -> BlockPlan:
+        return BlockPlan.sized_for(self)
 
     def upload_map(self, slot: int, stiffness: np.ndarray, damping_per_s: np.ndarray) -> None:
         check_map(self.grid_n, self.n_map_slots, slot, stiffness, damping_per_s)

@@ -283,3 +283,22 @@ def _launch(jackd: str, jack_lsp: str, name: str, sample_rate: int, period: int,
     except BaseException:
         server.stop(keep_log=True)
         raise
+
+
+def portaudio_jack_output() -> int:
+    """Re-scan PortAudio (it looks for JACK only when it initialises) and return the index of
+    the JACK server's stereo output. Call :func:`sounddevice._terminate` before the server
+    stops: PortAudio's JACK host API asserts when its server is gone."""
+    import sounddevice as sd
+
+    sd._terminate()
+    sd._initialize()
+    apis = sd.query_hostapis()
+    found = [
+        i
+        for i, d in enumerate(sd.query_devices())
+        if apis[d["hostapi"]]["name"] == "JACK Audio Connection Kit" and d["max_output_channels"] >= 2
+    ]
+    if not found:
+        raise JackError(f"PortAudio sees no JACK output: {sd.query_devices()}")
+    return found[0]

@@ -63,14 +63,9 @@ def jack_output(jack_server):
     """PortAudio re-scanned with the JACK server up; yields the JACK output device index.
     PortAudio is terminated before the server stops (its JACK host API asserts otherwise)."""
     import sounddevice as sd
+    from jack import portaudio_jack_output
 
-    sd._terminate()
-    sd._initialize()
-    jack = [i for i, d in enumerate(sd.query_devices())
-            if sd.query_hostapis()[d["hostapi"]]["name"] == "JACK Audio Connection Kit"
-            and d["max_output_channels"] >= 2]
-    assert jack, f"PortAudio sees no JACK output: {sd.query_devices()}"
-    yield jack[0]
+    yield portaudio_jack_output()
     sd._terminate()
 
 
@@ -128,12 +123,13 @@ VANISH = textwrap.dedent(
     from jack import start_jack_server
     server = start_jack_server(sample_rate=48_000, period=256)
     os.environ.update(server.env)
-    import numpy as np, sounddevice as sd
+    import numpy as np
+    from jack import portaudio_jack_output
     from engine.audio import LiveEngine, AudioDeviceError
     from engine.cpu import CpuFdtd
     from engine.synth import Synth
     from test_audio import _preset
-    dev = [i for i, d in enumerate(sd.query_devices()) if d["max_output_channels"] >= 2][0]
+    dev = portaudio_jack_output()
     engine = LiveEngine(Synth(CpuFdtd(32, 2, 128), _preset()), device=dev)
     engine.start()
     engine.post(("note_on", 60, 100, 0))
