@@ -30,12 +30,17 @@ analytic, in float64, checked against central finite differences in ``tests/test
 Default weights (:meth:`KAN.default`): the hidden layer passes the five inputs through
 (``b = 1`` on the edges ``i → i``), and the output layer sits at a centre vector (the
 parameters' defaults, or an instrument's) at the rest state — velocity ½, mod wheel 0,
-pressure 0, slide ½ — plus fitted edges: velocity → more force (``force_db`` follows
-``30·log10(2v)`` dB around the centre, as ``v^1.5``) and shorter contact
-(``contact_time_s × (1.5 − v)``: brighter); mod wheel → ``loss_scale × 4^−m`` (brighter, the
-highs ring longer); pressure → ``drive_db`` rising to −20 dB along ``1 − (1 − p)³`` in the logit (a
-held note starts to sing past half pressure); slide → ``damping_scale × 4^(1−2s)`` (longer ring above the middle). Note number
-maps to nothing: pitch is the engine's exact tuning.
+pressure 0, slide ½ — plus one fitted edge per control (least squares on 201 points, exact at
+the rest value):
+
+* velocity → ``force_db = centre + 30·log10(2v)`` (force ∝ ``v^1.5``; flat below ``v = 0.04``)
+  and ``contact_time_s = centre·(1.5 − v)``: louder and brighter;
+* mod wheel → ``loss_scale = centre·4^−m``: the highs ring longer;
+* pressure → ``drive_db`` from the centre to −20 dB along ``1 − (1 − p)³`` in the logit (a
+  held note starts to sing past half pressure);
+* slide → ``damping_scale = centre·4^(1−2s)``: longer ring above the middle.
+
+The note number maps to nothing: pitch is the engine's exact tuning.
 
 Storage: :meth:`KAN.to_arrays` / :meth:`KAN.from_arrays` give the ``kan_*`` arrays a preset
 file stores; :meth:`KAN.save` / :meth:`KAN.load` write and read them as an ``.npz``.
@@ -149,7 +154,7 @@ class KAN:
         return np.exp(-(((x[:, :, None] - self.centres) / self.h) ** 2))
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Parameters for inputs ``x`` (``(5,)`` or ``(batch, 5)``), and the cache for :meth:`backward`.
+        """Parameters for inputs ``x`` (``(5,)`` or ``(batch, 5)``), a cache for :meth:`backward`.
 
         Returns ``(params, cache)``; ``params`` has shape ``(25,)`` or ``(batch, 25)``, every
         entry inside its range.
@@ -158,7 +163,9 @@ class KAN:
         single = x.ndim == 1
         xb = x[None, :] if single else x
         if xb.ndim != 2 or xb.shape[1] != N_INPUTS:
-            raise KANError(f"inputs have shape {x.shape}; expected ({N_INPUTS},) or (batch, {N_INPUTS})")
+            raise KANError(
+                f"inputs have shape {x.shape}; expected ({N_INPUTS},) or (batch, {N_INPUTS})"
+            )
         acts = [xb]
         bases = []
         for w, b, c in zip(self.w, self.b, self.c):
@@ -186,7 +193,10 @@ class KAN:
         if cache["single"]:
             g = g[None, :]
         if g.shape != u.shape:
-            raise KANError(f"grad_params has shape {np.shape(grad_params)}; expected {u.shape[1:] if cache['single'] else u.shape}")
+            raise KANError(
+                f"grad_params has shape {np.shape(grad_params)}; expected "
+                f"{u.shape[1:] if cache['single'] else u.shape}"
+            )
         delta = g * P.from_unit_derivative(u) * u * (1.0 - u)
         grads: dict[str, np.ndarray] = {}
         for layer in range(len(self.w) - 1, -1, -1):
@@ -222,7 +232,9 @@ class KAN:
         """Set all weights from a vector laid out as :meth:`parameters`."""
         v = np.asarray(vector, np.float64)
         if v.shape != (self.n_weights,):
-            raise KANError(f"weight vector has shape {v.shape}; this KAN has {self.n_weights} weights")
+            raise KANError(
+                f"weight vector has shape {v.shape}; this KAN has {self.n_weights} weights"
+            )
         if not np.all(np.isfinite(v)):
             raise KANError("weight vector contains NaN or Inf")
         at = 0
@@ -282,7 +294,9 @@ class KAN:
                 raise KANError(f"missing {key}")
             arr = np.asarray(arrays[key], np.float64)
             if arr.shape != kan._get(n).shape:
-                raise KANError(f"{key} has shape {arr.shape}; widths {kan.widths} need {kan._get(n).shape}")
+                raise KANError(
+                    f"{key} has shape {arr.shape}; widths {kan.widths} need {kan._get(n).shape}"
+                )
             if not np.all(np.isfinite(arr)):
                 raise KANError(f"{key} contains NaN or Inf")
             kan._get(n)[...] = arr
@@ -343,7 +357,9 @@ class KAN:
             kan.c[1][k] -= float(at @ coef)  # the edge is exactly 0 at the anchor
 
         v0, s0 = REST_INPUTS["velocity"], REST_INPUTS["slide"]
-        edge("velocity", "force_db", lambda v, c: c + 30.0 * np.log10(np.maximum(2.0 * v, 0.08)), v0)
+        edge(
+            "velocity", "force_db", lambda v, c: c + 30.0 * np.log10(np.maximum(2.0 * v, 0.08)), v0
+        )
         edge("velocity", "contact_time_s", lambda v, c: c * (1.5 - v), v0)
         edge("mod_wheel", "loss_scale", lambda m, c: c * 4.0 ** (-m), 0.0)
         drive = P.spec("drive_db")

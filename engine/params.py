@@ -115,12 +115,14 @@ class ParamSpec:
         v = float(value)
         if not math.isfinite(v) or not self.lo <= v <= self.hi:
             raise ParamError(
-                f"{self.name}={value!r} {self.unit} is outside [{self.lo:g}, {self.hi:g}] {self.unit}"
+                f"{self.name}={value!r} {self.unit} is outside "
+                f"[{self.lo:g}, {self.hi:g}] {self.unit}"
             )
         return v
 
 
 #: The 25 parameters, in vector order.
+# fmt: off
 PARAMS: tuple[ParamSpec, ...] = (
     # ---- pitch
     ParamSpec("detune_cents", "cent", -100.0, 100.0, 0.0,
@@ -170,10 +172,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     # ---- pickups
     ParamSpec("pickup_l_x", "fraction of side", 0.0, 1.0, 0.71,
               "left output pickup position, column (the left channel reads the body there)"),
-    ParamSpec("pickup_l_y", "fraction of side", 0.0, 1.0, 0.33, "left output pickup position, row"),
+    ParamSpec("pickup_l_y", "fraction of side", 0.0, 1.0, 0.33,
+              "left output pickup position, row"),
     ParamSpec("pickup_r_x", "fraction of side", 0.0, 1.0, 0.29,
               "right output pickup position, column (the right channel reads the body there)"),
-    ParamSpec("pickup_r_y", "fraction of side", 0.0, 1.0, 0.62, "right output pickup position, row"),
+    ParamSpec("pickup_r_y", "fraction of side", 0.0, 1.0, 0.62,
+              "right output pickup position, row"),
     ParamSpec("pickup_velocity", "1", 0.0, 1.0, 0.0,
               "what the pickups sense: displacement (0) … velocity (1: +6 dB/octave, matched "
               "at the fundamental)"),
@@ -184,6 +188,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("stereo_width", "1", 0.0, 2.0, 1.0,
               "mid/side width of the two pickups: 0 mono, 1 as picked up, 2 side doubled"),
 )
+# fmt: on
 
 #: Number of parameters of a voice.
 N_PARAMS = 25
@@ -206,7 +211,9 @@ def index(name: str) -> int:
     try:
         return _INDEX[name]
     except KeyError:
-        raise ParamError(f"no parameter named {name!r}; the parameters are {', '.join(NAMES)}") from None
+        raise ParamError(
+            f"no parameter named {name!r}; the parameters are {', '.join(NAMES)}"
+        ) from None
 
 
 def spec(name: str) -> ParamSpec:
@@ -246,7 +253,7 @@ def clip(p: np.ndarray) -> np.ndarray:
 
 
 def validate(p: np.ndarray) -> np.ndarray:
-    """``p`` as a float64 vector, or :class:`ParamError` naming the first bad entry and its range."""
+    """``p`` as float64, or :class:`ParamError` naming the first bad entry and its range."""
     p = _shape_check(p)
     flat = p.reshape(-1, N_PARAMS)
     bad = ~np.isfinite(flat) | (flat < _LO) | (flat > _HI)
@@ -255,7 +262,8 @@ def validate(p: np.ndarray) -> np.ndarray:
         s = PARAMS[i]
         where = f" (row {row})" if p.ndim > 1 else ""
         raise ParamError(
-            f"{s.name}={float(flat[row, i])!r} {s.unit}{where} is outside [{s.lo:g}, {s.hi:g}] {s.unit}"
+            f"{s.name}={float(flat[row, i])!r} {s.unit}{where} is outside "
+            f"[{s.lo:g}, {s.hi:g}] {s.unit}"
         )
     return p
 
@@ -327,6 +335,6 @@ def preset_params(preset: "Preset") -> np.ndarray:
 
 
 def level_amplitude(level_db: float, name: str) -> float:
-    """Amplitude of a level parameter whose bottom means "off": ``max(10^(dB/20) − 10^(lo/20), 0)``."""
+    """Amplitude of a level whose bottom means "off": ``max(10^(dB/20) − 10^(lo/20), 0)``."""
     lo = spec(name).lo
     return max(10.0 ** (level_db / 20.0) - 10.0 ** (lo / 20.0), 0.0)

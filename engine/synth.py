@@ -14,31 +14,31 @@ one. ``set_mod_wheel``, ``set_pressure`` and ``set_slide`` re-evaluate the sourc
 channel's sounding notes and switch them to the new parameters at the event's sample. Where each
 parameter goes (``dt = 1/(fs·steps)``, ``n`` the grid size):
 
-=====================  ======================================================================
-pitch                  ``f = 440·2^((note + detune/100 + bend·range + glide/100 − 69)/12)``,
-                       reached exactly: ``C² = solve_c2(f, μ, η, γ, dt)`` (:mod:`engine.tuning`)
-                       for the lowest mode ``μ`` of the morphed map with the note's boundary
-``glide_cents``        starting offset; decays as the fundamental's energy,
-                       ``glide·e^{−2αt}``, ``α = d + σ₁μ/Δx²``, retuned every 64 samples
-``damping_scale``      ``record.gamma_per_d = dt·scale`` (γ = gamma_per_d·d[i,j] + gamma_add)
-``damping_add_per_s``  ``record.gamma_add = dt·(add + release)``
-``loss_scale``         ``record.eta = 2·σ₁·scale·dt/Δx²``
-``release_s``          note off adds ``ln(1000)/release_s`` to the uniform damping
-``release_loss_scale`` note off multiplies σ₁ by it as well
-``thump_db``           note off strikes the body once more at this level
-``morph``, ``boundary`` ``record.morph``, ``record.boundary``, quantised to 1/128 (the lowest
-                       mode is cached per pair)
-``excite_*``           the Gaussian footprint: ``exc_x = x·(n−1)``, radius ``max(w·n, ½)`` cells
-``force_db``,          the strike: peak ``600·10^(dB/20)·sin θ₁/(½·contact·steps)`` (θ₁ the
-``contact_time_s``,    fundamental's phase step, so the fundamental's level does not depend on
-``pluck``              the note) with envelope ``(1−pluck)·raised cosine + pluck·ramp``
-``drive_db``           white-noise force while the key is down, scaled by ``sin θ₁·√(2α/fs)`` so
-                       its steady fundamental is about that of a strike of the same level
-``pickup_*_x/y``       ``record.pick_*`` (bilinear reads)
-``pickup_velocity``    ``y ← (1−m)·y + m·Δy/(2 sin(πf/fs))`` after decimation
-``gain_db``, ``pan``,  the voice's 2×2 output matrix ``g·diag(√2 cos φ, √2 sin φ)·W``,
-``stereo_width``       ``φ = π(1+pan)/4``, ``W`` = mid/side width
-=====================  ======================================================================
+=======================  ======================================================================
+pitch                    ``f = 440·2^((note + detune/100 + bend·range + glide/100 − 69)/12)``,
+                         reached exactly: ``C² = solve_c2(f, μ, η, γ, dt)`` (:mod:`engine.tuning`)
+                         for the lowest mode ``μ`` of the morphed map with the note's boundary
+``glide_cents``          the starting offset; it decays with the fundamental's energy,
+                         ``glide·e^{−2αt}``, ``α = d + σ₁μ/Δx²``, retuned every 64 samples
+``damping_scale``        ``record.gamma_per_d = dt·scale`` (γ = gamma_per_d·d[i,j] + gamma_add)
+``damping_add_per_s``    ``record.gamma_add = dt·(add + release)``
+``loss_scale``           ``record.eta = 2·σ₁·scale·dt/Δx²``
+``release_s``            note off adds ``ln(1000)/release_s`` to the uniform damping
+``release_loss_scale``   note off multiplies σ₁ by it as well
+``thump_db``             note off strikes the body once more at this level
+``morph``, ``boundary``  ``record.morph``, ``record.boundary``, quantised to 1/128 (the
+                         lowest mode is cached per pair)
+``excite_x/y/width``     the Gaussian footprint: ``exc_x = x·(n−1)``, radius ``max(w·n, ½)``
+``force_db``,            the strike: peak ``600·10^(dB/20)·sin θ₁/(½·contact·steps)`` (θ₁ the
+``contact_time_s``,      fundamental's phase step, so the fundamental's level does not depend
+``pluck``                on the note), envelope ``(1−pluck)·raised cosine + pluck·ramp``
+``drive_db``             white-noise force while the key is down, ``σ ∝ sin θ₁·√(2α/fs)``:
+                         its steady fundamental is about that of a strike of the same level
+``pickup_l/r_x/y``       ``record.pick_*`` (bilinear reads)
+``pickup_velocity``      ``y ← (1−m)·y + m·Δy/(2 sin(πf/fs))`` after decimation
+``gain_db``, ``pan``,    the voice's 2×2 output matrix ``g·diag(√2 cos φ, √2 sin φ)·W``,
+``stereo_width``         ``φ = π(1+pan)/4``, ``W`` the mid/side width
+=======================  ======================================================================
 
 Changes of the output matrix and of ``pickup_velocity`` ramp over 2 ms; the rest take effect
 at the event's sample (a moved pickup jumps).
@@ -63,7 +63,7 @@ Per voice:
 The mix is summed, DC-blocked (a free body can drift) and soft-limited so it never reaches
 full scale.
 
-Public API: ``Synth``, ``ParamSource``, ``note_to_hz``, ``STEAL_FADE_S``.
+Public API: ``Synth``, ``ParamSource``, ``constant_source``, ``note_to_hz``, ``STEAL_FADE_S``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ from .tuning import (
     solve_c2,
 )
 
-__all__ = ["Synth", "ParamSource", "note_to_hz", "STEAL_FADE_S"]
+__all__ = ["Synth", "ParamSource", "constant_source", "note_to_hz", "STEAL_FADE_S"]
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +281,14 @@ class Synth:
             raise ValueError("the morph target must have the same grid size as the preset")
         backend.upload_map(1, target.stiffness, target.damping_per_s)
         self._maps = (
-            (np.asarray(preset.stiffness, np.float64), np.asarray(preset.damping_per_s, np.float64)),
-            (np.asarray(target.stiffness, np.float64), np.asarray(target.damping_per_s, np.float64)),
+            (
+                np.asarray(preset.stiffness, np.float64),
+                np.asarray(preset.damping_per_s, np.float64),
+            ),
+            (
+                np.asarray(target.stiffness, np.float64),
+                np.asarray(target.damping_per_s, np.float64),
+            ),
         )
         #: The preset's parameter vector (with ``release_s`` if given): the default source's centre.
         self.base_params = P.preset_params(preset)
@@ -370,8 +376,10 @@ class Synth:
 
     @property
     def morph(self) -> float:
-        return self._morph_override if self._morph_override is not None else float(
-            self.base_params[_I["morph"]]
+        return (
+            self._morph_override
+            if self._morph_override is not None
+            else float(self.base_params[_I["morph"]])
         )
 
     @property
@@ -388,7 +396,9 @@ class Synth:
     # ---- physics of a tone ----------------------------------------------------------------
 
     def _source_params(self, note: int, channel: int, velocity: float) -> np.ndarray:
-        x = inputs(note, velocity, self._mod[channel], self._pressure[channel], self._slide[channel])
+        x = inputs(
+            note, velocity, self._mod[channel], self._pressure[channel], self._slide[channel]
+        )
         p = P.clip(np.asarray(self.param_source(x), np.float64))
         if self._morph_override is not None:
             p[_I["morph"]] = self._morph_override
@@ -414,17 +424,30 @@ class Synth:
             self._modes.move_to_end(key)
         return key[0], key[1], hit[0], hit[1]
 
-    def _new_tone(self, note: int, channel: int, velocity: float, params: np.ndarray, explicit: bool) -> _Tone:
+    def _new_tone(
+        self, note: int, channel: int, velocity: float, params: np.ndarray, explicit: bool
+    ) -> _Tone:
         mq, bq, mode, d_mode = self._body(params)
         return _Tone(
-            note, channel, velocity, params.copy(), explicit, mq / _BODY_STEPS, bq / _BODY_STEPS,
-            mode, d_mode, glide_cents=_initial_glide(params), glide_at=self._now,
+            note,
+            channel,
+            velocity,
+            params.copy(),
+            explicit,
+            mq / _BODY_STEPS,
+            bq / _BODY_STEPS,
+            mode,
+            d_mode,
+            glide_cents=_initial_glide(params),
+            glide_at=self._now,
         )
 
     def _sigma(self, t: _Tone, released: bool | None = None) -> float:
         """σ₁ of the tone in m²/s (held or released)."""
         released = t.released if released is None else released
-        scale = t.params[_I["loss_scale"]] * (t.params[_I["release_loss_scale"]] if released else 1.0)
+        scale = t.params[_I["loss_scale"]] * (
+            t.params[_I["release_loss_scale"]] if released else 1.0
+        )
         return self.preset.loss_m2_per_s * float(scale)
 
     def _damping_hz(self, t: _Tone) -> tuple[float, float]:
@@ -531,10 +554,16 @@ class Synth:
             return 0.0
         theta1 = 2.0 * math.pi * t.frequency_hz / (self.sample_rate_hz * t.steps)
         alpha = max(self._decay_hz(t), _DRIVE_MIN_DECAY)
-        return _KICK_GAIN * amp * math.sin(theta1) * math.sqrt(2.0 * alpha / self.sample_rate_hz) / t.steps
+        return (
+            _KICK_GAIN
+            * amp
+            * math.sin(theta1)
+            * math.sqrt(2.0 * alpha / self.sample_rate_hz)
+            / t.steps
+        )
 
     def _coefs(self, t: _Tone) -> np.ndarray:
-        """Output coefficients ``[c_u, c_d, a11, a12, a21, a22]`` of the tone (see the docstring)."""
+        """Output coefficients ``[c_u, c_d, a11, a12, a21, a22]`` of the tone (module docstring)."""
         p = t.params
         m = float(p[_I["pickup_velocity"]])
         norm = max(2.0 * math.sin(math.pi * min(t.frequency_hz / self.sample_rate_hz, 0.5)), 1e-4)
@@ -543,11 +572,19 @@ class Synth:
         gl, gr = math.sqrt(2.0) * math.cos(phi), math.sqrt(2.0) * math.sin(phi)
         w = float(p[_I["stereo_width"]])
         same, cross = 0.5 * (1.0 + w), 0.5 * (1.0 - w)
-        return np.array([1.0 - m, m / norm, g * gl * same, g * gl * cross, g * gr * cross, g * gr * same])
+        return np.array(
+            [1.0 - m, m / norm, g * gl * same, g * gl * cross, g * gr * cross, g * gr * same]
+        )
 
-    def _plan(self, note: int, channel: int, velocity: float, params: np.ndarray | None,
-              steps: int | None = None) -> _Tone | None:
-        """A tone for a new note, at ``steps`` (``None``: the fewest); ``None`` if it cannot play."""
+    def _plan(
+        self,
+        note: int,
+        channel: int,
+        velocity: float,
+        params: np.ndarray | None,
+        steps: int | None = None,
+    ) -> _Tone | None:
+        """A tone for a new note at ``steps`` (``None``: the fewest); ``None`` if it cannot play."""
         explicit = params is not None
         p = params if explicit else self._source_params(note, channel, velocity)
         t = self._new_tone(note, channel, velocity, p, explicit)
@@ -626,7 +663,9 @@ class Synth:
             self._blk_coefs(v, offset, coefs, self._ramp)
         contact = self._contact(t)
         amp = 10.0 ** (float(t.params[_I["force_db"]]) / 20.0)
-        self._blk_strike(v, offset, self._kick(t, amp, contact), contact, float(t.params[_I["pluck"]]))
+        self._blk_strike(
+            v, offset, self._kick(t, amp, contact), contact, float(t.params[_I["pluck"]])
+        )
         self._blk_drive(v, offset, self._drive_sigma(t))
 
     def _note_on(self, ev: _Pending, offset: int) -> None:
@@ -634,6 +673,7 @@ class Synth:
         blk = self._blk
         at = blk.t0 + offset
         v, kind = self._allocate(note, ch)
+        stolen = kind == "steal"
         if kind == "retrigger" and v.pending is not None:
             t = self._plan(note, ch, vel, ev.params, v.pending.steps)
             if t is not None:
@@ -655,8 +695,9 @@ class Synth:
             self._install(v, t, offset, reset=True)
             self._mark_started(v, note, ch, at)
             return
-        # steal: fade the old sound out, then reset and strike
-        self.stats["stolen"] += 1
+        # steal (or a retrigger that no longer fits the voice's oversampling): fade the old
+        # sound out, then reset and strike
+        self.stats["stolen"] += stolen
         if v.fade_end < 0:
             v.fade_end = at + self._fade
             self._blk_coefs(v, offset, np.zeros(6), self._fade)
@@ -692,7 +733,9 @@ class Synth:
             if not v.active:
                 return v, "free"
         released = [v for v in self.voices if v.released]
-        victim = min(released or self.voices, key=lambda v: v.released_at if v.released else v.started_at)
+        victim = min(
+            released or self.voices, key=lambda v: v.released_at if v.released else v.started_at
+        )
         return victim, "steal"
 
     def _release(self, v: _Voice, offset: int) -> None:
@@ -721,7 +764,12 @@ class Synth:
         if params is not None:
             mq, bq, mode, d_mode = self._body(params)
             t.params = params.copy()
-            t.morph, t.boundary, t.mode, t.d_mode_hz = mq / _BODY_STEPS, bq / _BODY_STEPS, mode, d_mode
+            t.morph, t.boundary, t.mode, t.d_mode_hz = (
+                mq / _BODY_STEPS,
+                bq / _BODY_STEPS,
+                mode,
+                d_mode,
+            )
         if t is not v.tone:
             return  # a pending tone: derived when it starts
         self._decay_glide(t, self._blk.t0 + offset)
@@ -734,7 +782,9 @@ class Synth:
 
     def _decay_glide(self, t: _Tone, at: int) -> None:
         if t.glide_cents != 0.0 and at > t.glide_at:
-            t.glide_cents *= math.exp(-2.0 * self._decay_hz(t) * (at - t.glide_at) / self.sample_rate_hz)
+            t.glide_cents *= math.exp(
+                -2.0 * self._decay_hz(t) * (at - t.glide_at) / self.sample_rate_hz
+            )
             if abs(t.glide_cents) < _GLIDE_FLOOR:
                 t.glide_cents = 0.0
         t.glide_at = max(t.glide_at, at)
@@ -761,9 +811,12 @@ class Synth:
                 if v.active and v.channel == ch and not v.released:
                     self._release(v, offset)
         elif ev.kind in ("bend", "mod", "pressure", "slide"):
-            {"bend": self._bend, "mod": self._mod, "pressure": self._pressure, "slide": self._slide}[
-                ev.kind
-            ][ch] = ev.value
+            {
+                "bend": self._bend,
+                "mod": self._mod,
+                "pressure": self._pressure,
+                "slide": self._slide,
+            }[ev.kind][ch] = ev.value
             for v in self.voices:
                 if not v.active:
                     continue
@@ -865,7 +918,9 @@ class Synth:
             if steps > 1:
                 if v.zi is None:
                     v.zi = np.zeros((self._sos[steps].shape[0], 2, 2))
-                seg, v.zi = scipy.signal.sosfilt(self._sos[steps], fine[:, a * steps : b * steps], axis=1, zi=v.zi)
+                seg, v.zi = scipy.signal.sosfilt(
+                    self._sos[steps], fine[:, a * steps : b * steps], axis=1, zi=v.zi
+                )
                 y[:, a:b] = seg[:, steps - 1 :: steps]
             else:
                 y[:, a:b] = fine[:, a:b]
@@ -929,6 +984,13 @@ class Synth:
                 _LIMIT_KNEE + head * np.tanh((np.abs(mix[over]) - _LIMIT_KNEE) / head) * 0.999
             )
         return mix.astype(np.float32)
+
+
+def constant_source(params: np.ndarray) -> ParamSource:
+    """A parameter source that plays ``params`` whatever the note, velocity and controllers
+    (e.g. ``constant_source(synth.base_params)``: the preset's values, velocity ignored)."""
+    fixed = P.validate(np.array(params, np.float64))
+    return lambda x: fixed.copy()
 
 
 def _initial_glide(params: np.ndarray) -> float:

@@ -52,7 +52,9 @@ def test_unit_interval_maps_roundtrip_and_their_derivative(seed):
     numeric = (P.from_unit(u + eps) - P.from_unit(u - eps)) / (2 * eps)
     u_in = np.clip(u, 2 * eps, 1 - 2 * eps)
     numeric = (P.from_unit(u_in + eps) - P.from_unit(u_in - eps)) / (2 * eps)
-    np.testing.assert_allclose(P.from_unit_derivative(u_in), numeric, rtol=1e-6, err_msg=f"seed={seed}")
+    np.testing.assert_allclose(
+        P.from_unit_derivative(u_in), numeric, rtol=1e-6, err_msg=f"seed={seed}"
+    )
     # log-scaled: equal steps of u are equal ratios
     r = P.spec("release_s")
     assert r.scale == "log" and math.isclose(r.from_unit(0.5), math.sqrt(r.lo * r.hi))
@@ -71,7 +73,9 @@ def test_validation_names_the_parameter_and_its_range():
         P.validate(p)
     with pytest.raises(P.ParamError, match=r"25 entries; got shape \(24,\)"):
         P.validate(np.zeros(24))
-    with pytest.raises(P.ParamError, match="no parameter named 'volume'; the parameters are detune_cents"):
+    with pytest.raises(
+        P.ParamError, match="no parameter named 'volume'; the parameters are detune_cents"
+    ):
         P.index("volume")
     with pytest.raises(P.ParamError, match=r"gain_db=99 dB is outside \[-60, 40\] dB"):
         P.from_dict({"gain_db": 99})
@@ -87,7 +91,9 @@ def test_validation_names_the_parameter_and_its_range():
 def test_preset_params_take_the_instrument_values():
     preset = load_preset(find_preset("plate"))
     p = P.as_dict(P.preset_params(preset))
-    assert p["excite_x"] == preset.excitation["x"] and p["excite_width"] == preset.excitation["width"]
+    assert (
+        p["excite_x"] == preset.excitation["x"] and p["excite_width"] == preset.excitation["width"]
+    )
     assert p["contact_time_s"] == preset.excitation["contact_time_s"] and p["pluck"] == 0.0
     assert [p["pickup_l_x"], p["pickup_l_y"]] == preset.pickups["left"]
     assert [p["pickup_r_x"], p["pickup_r_y"]] == preset.pickups["right"]
@@ -135,7 +141,7 @@ def render(backend, a: Preset, b: Preset, params: np.ndarray) -> np.ndarray:
 
 
 def spectrogram_difference_db(ya: np.ndarray, yb: np.ndarray, floor_db: float = -80.0) -> float:
-    """RMS difference (dB) of two stereo renders' log-magnitude spectrograms (see MIN_DIFFERENCE_DB)."""
+    """RMS difference (dB) of two stereo renders' log-magnitude spectrograms (MIN_DIFFERENCE_DB)."""
     _, _, za = scipy.signal.stft(ya.T, fs=RATE, nperseg=1024, noverlap=512)
     _, _, zb = scipy.signal.stft(yb.T, fs=RATE, nperseg=1024, noverlap=512)
     ma, mb = np.abs(za), np.abs(zb)
@@ -157,9 +163,9 @@ def test_every_parameter_changes_the_sound(backend, seed):
             p = P.defaults()
             p[i] = value
             y = render(backend, a, b, p)
-            assert np.all(np.isfinite(y)) and np.abs(y).max() > 1e-4, (
-                f"seed={seed}: {s.name}={value} gave no sound"
-            )
+            assert (
+                np.all(np.isfinite(y)) and np.abs(y).max() > 1e-4
+            ), f"seed={seed}: {s.name}={value} gave no sound"
             renders.append(y)
         differences[s.name] = spectrogram_difference_db(*renders)
     quiet = {k: round(v, 2) for k, v in differences.items() if v <= MIN_DIFFERENCE_DB}

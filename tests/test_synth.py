@@ -125,8 +125,12 @@ def test_output_is_finite_and_below_full_scale_under_abuse(seed):
     peak = 0.0
     for block in range(60):
         for _ in range(int(rng.integers(0, 6))):
-            s.note_on(int(rng.integers(36, 90)), 127, channel=int(rng.integers(0, 3)),
-                      offset=int(rng.integers(0, 128)))
+            s.note_on(
+                int(rng.integers(36, 90)),
+                127,
+                channel=int(rng.integers(0, 3)),
+                offset=int(rng.integers(0, 128)),
+            )
         if rng.random() < 0.3:
             s.pitch_bend(float(rng.uniform(-1, 1)), offset=int(rng.integers(0, 128)))
         out = s.render_block()
@@ -157,11 +161,14 @@ from engine.synth import STEAL_FADE_S  # noqa: E402
 def twin(rng, voices: int = 2, **kw) -> tuple[Synth, Synth]:
     p = preset(rng)
     return tuple(
-        Synth(CpuFdtd(32, voices, 128, dtype=np.float64), p, sample_rate_hz=RATE, **kw) for _ in "ab"
+        Synth(CpuFdtd(32, voices, 128, dtype=np.float64), p, sample_rate_hz=RATE, **kw)
+        for _ in "ab"
     )
 
 
-def held_note_then(s: Synth, note: int, block: int, event, blocks: int, velocity: int = 60) -> np.ndarray:
+def held_note_then(
+    s: Synth, note: int, block: int, event, blocks: int, velocity: int = 60
+) -> np.ndarray:
     """Play ``note``, call ``event(s)`` before block ``block``, render ``blocks`` in all."""
     s.note_on(note, velocity)
     out = []
@@ -204,8 +211,11 @@ def test_a_stolen_voice_fades_out_instead_of_being_cut(seed, new_note, same_step
     f = render(fresh, 12)
     n = min(len(f), len(y) - start)
     np.testing.assert_allclose(
-        np.diff(y[start : start + n], axis=0), np.diff(f[:n], axis=0), rtol=0,
-        atol=1e-3 * amplitude, err_msg=f"seed={seed}",
+        np.diff(y[start : start + n], axis=0),
+        np.diff(f[:n], axis=0),
+        rtol=0,
+        atol=1e-3 * amplitude,
+        err_msg=f"seed={seed}",
     )
     assert np.abs(f).max() > 50 * 1e-3 * amplitude
 
@@ -218,7 +228,9 @@ def test_mod_wheel_reevaluates_sounding_notes_at_the_exact_sample(seed):
     ya = held_note_then(a, 60, 5, None, 30)
     yb = held_note_then(b, 60, 5, lambda s: s.set_mod_wheel(1.0, offset=offset), 30)
     np.testing.assert_array_equal(yb[:at], ya[:at], err_msg=f"seed={seed}")
-    assert np.abs(yb[at : at + 64] - ya[at : at + 64]).max() > 0, f"seed={seed}: no change at {offset}"
+    assert (
+        np.abs(yb[at : at + 64] - ya[at : at + 64]).max() > 0
+    ), f"seed={seed}: no change at {offset}"
     # mod wheel → lower σ₁: the highs ring longer
     hi_a = np.abs(np.diff(ya[-1000:, 0])).mean() / np.abs(ya[-1000:, 0]).mean()
     hi_b = np.abs(np.diff(yb[-1000:, 0])).mean() / np.abs(yb[-1000:, 0]).mean()
@@ -257,7 +269,9 @@ def test_explicit_params_are_played_as_given_and_checked(seed):
     assert 0.07 < ratio < 0.14, f"seed={seed}: level ratio {ratio:.3f}"
     bad = P.defaults()
     bad[P.index("excite_width")] = 2.0
-    with pytest.raises(P.ParamError, match=r"excite_width=2\.0 fraction of side is outside \[0\.005, 0\.5\]"):
+    with pytest.raises(
+        P.ParamError, match=r"excite_width=2\.0 fraction of side is outside \[0\.005, 0\.5\]"
+    ):
         a.note_on(60, 100, params=bad)
     with pytest.raises(P.ParamError, match="25 entries"):
         a.note_on(60, 100, params=np.zeros(3))
