@@ -309,3 +309,37 @@ def test_many_controller_events_in_one_block_are_coalesced(seed):
     assert np.all(np.isfinite(y)) and np.abs(y).max() < 1.0, f"seed={seed}"
     with pytest.raises(ValueError, match="mod wheel=nan"):
         s.set_mod_wheel(float("nan"))
+
+
+def test_random_parameters_and_controllers_never_break_the_engine(seed):
+    """Random 25-vectors (anywhere in their ranges), velocities, controllers, pedal and bends
+    on six voices of a morphing body: finite output below full scale, every block."""
+    rng = np.random.default_rng(seed)
+    s = Synth(
+        CpuFdtd(32, 6, 128, dtype=np.float32),
+        preset(rng),
+        morph_to=preset(rng),
+        sample_rate_hz=RATE,
+    )
+    for block in range(120):
+        for _ in range(int(rng.integers(0, 4))):
+            kind, off, ch = int(rng.integers(0, 8)), int(rng.integers(0, 128)), int(rng.integers(3))
+            note = int(rng.integers(30, 100))
+            if kind < 3:
+                params = P.from_unit(rng.uniform(0, 1, P.N_PARAMS)) if rng.random() < 0.5 else None
+                s.note_on(note, int(rng.integers(1, 128)), ch, off, params=params)
+            elif kind == 3:
+                s.note_off(note, ch, off)
+            elif kind == 4:
+                s.set_mod_wheel(rng.random(), ch, off)
+            elif kind == 5:
+                s.set_pressure(rng.random(), ch, off)
+            elif kind == 6:
+                s.set_slide(rng.random(), ch, off)
+            else:
+                s.pitch_bend(rng.uniform(-1, 1), ch, off)
+        if rng.random() < 0.05:
+            s.sustain(rng.random() < 0.5, int(rng.integers(3)))
+        y = s.render_block()
+        assert np.all(np.isfinite(y)) and np.abs(y).max() < 1.0, f"seed={seed}: block {block}"
+    assert s.stats["notes"] > 20 and s.stats["stolen"] > 0, f"seed={seed}: {s.stats}"
