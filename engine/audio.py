@@ -55,6 +55,8 @@ __all__ = ["RingBuffer", "LiveEngine", "AudioDeviceError", "list_output_devices"
 log = logging.getLogger(__name__)
 
 
+#: Callbacks this much later than the clock, 16 in a row, re-anchor it (a stalled device).
+_REANCHOR_NS = 20_000_000
 #: A device whose callback has not come for this long is taken for lost.
 _LOST_AFTER_NS = 500_000_000
 
@@ -201,6 +203,8 @@ class LiveEngine:
         self._window_min_ns = float("inf")
         self._window_start_ns = 0
         self._first_window = True
+        self._lagging = 0
+        self._lag_min_ns = float("inf")
         self._last_callback_ns = 0
         #: set when the callback stopped coming (the device vanished); cleared by start()
         self.device_lost = False
@@ -252,6 +256,8 @@ class LiveEngine:
         self._window_min_ns = float("inf")
         self._window_start_ns = 0
         self._first_window = True
+        self._lagging = 0
+        self._lag_min_ns = float("inf")
         self._frames_read = self._rendered_frames + self._skipped - self.ring.readable()
         self._prefill()
         self._thread = threading.Thread(target=self._render_loop, name="neirosynth-render", daemon=True)
@@ -374,6 +380,20 @@ class LiveEngine:
             self._window_min_ns = base
         if self._first_window and base < self._base_ns:
             self._base_ns = base  # the first window: the earliest estimate so far
+        # The device stalled (a JACK graph change, a sleeping laptop): every callback comes
+        # later than the clock says. After 16 such callbacks in a row, re-anchor at once
+        # rather than at the end of the window.
+        if base - self._base_ns > _REANCHOR_NS:
+            self._lagging += 1
+            self._lag_min_ns = min(self._lag_min_ns, base)
+            if self._lagging >= 16:
+                self._base_ns = self._lag_min_ns
+                self._window_min_ns = self._lag_min_ns
+                self._lagging = 0
+                self._lag_min_ns = float("inf")
+        else:
+            self._lagging = 0
+            self._lag_min_ns = float("inf")
         if self._window_start_ns == 0:
             self._window_start_ns = t0
         elif t0 - self._window_start_ns > 1_000_000_000:

@@ -190,14 +190,15 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
     midi = MidiInput(api="jack", client_name="neirosynth-test")
     midi.open_virtual("in")
     synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000, release_s=0.05)
-    engine = LiveEngine(synth, device=jack_output, midi=midi, ahead_blocks=4, capture_s=3.0)
-    engine.start()
+    engine = LiveEngine(synth, device=jack_output, midi=midi, ahead_blocks=4, capture_s=4.0)
+    # connect first: a JACK graph change stalls the dummy driver for a moment
     sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sender")
+    port = [i for i, name in enumerate(sender.get_ports()) if "neirosynth-test" in name]
+    assert port, sender.get_ports()
+    sender.open_port(port[0])
+    engine.start()
     try:
-        port = [i for i, name in enumerate(sender.get_ports()) if "neirosynth-test" in name]
-        assert port, sender.get_ports()
-        sender.open_port(port[0])
-        time.sleep(0.2)
+        time.sleep(1.2)  # past the clock's first window
         t0 = time.perf_counter()
         for ev in score.events:
             while time.perf_counter() - t0 < ev.sample / 48_000:
