@@ -42,6 +42,7 @@ class CallbackRenderer:
     def __call__(self, outdata, frames, time_info, status) -> None:
         eng = self.engine
         t0 = time.perf_counter_ns()
+        eng._last_callback_ns = t0
         if status.output_underflow:
             eng.xruns += 1
         start = eng._rendered_frames + eng._skipped
@@ -49,14 +50,7 @@ class CallbackRenderer:
             eng._play_midi(start, start + frames)
         outdata[:] = eng.synth.render_block()
         eng._rendered_frames += frames
-        i = eng._cb_count & 4095
-        eng._frames_read += frames
-        eng.callback_frames[i] = eng._frames_read - frames
-        eng.callback_ns[i] = t0
-        eng._cb_us[i] = (time.perf_counter_ns() - t0) * 1e-3
-        eng._cb_count += 1
-        base = t0 - (eng._frames_read - frames) * eng._ns_per_frame
-        eng._base_ns = min(eng._base_ns, base)
+        eng._tick(t0, frames)  # the engine's clock and statistics
 
 
 def measure(design: str, args, device: int) -> dict:
@@ -76,7 +70,7 @@ def measure(design: str, args, device: int) -> dict:
     engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi,
                         ahead_blocks=args.ahead, capture_s=args.notes * args.spacing_s + 3)
     if design == "callback":
-        engine.delay_frames = args.period  # events go into the block being rendered now
+        engine.delay_frames = 0  # events go into the block this callback renders
         engine._render_loop = lambda: None  # no render thread: the callback renders
         engine._prefill = lambda: None
         engine._callback = CallbackRenderer(engine)

@@ -20,7 +20,7 @@ readback — would become an xrun; a thread that stays ``ahead_blocks`` blocks a
 them at the cost of that many blocks of latency. ``bench/latency.py`` measures both.
 
 Timing: an event stamped at ``t`` is played at the output frame that the callback will reach
-``delay`` after ``t`` (``delay`` = the ring's depth plus one block), placed at its exact
+``delay`` after ``t`` (``delay`` = the ring's depth: ``ahead_blocks`` blocks and a period), placed at its exact
 sample offset inside the block being rendered. So events keep their spacing to the sample,
 and the latency is constant instead of jittering with the block grid. An event that arrives
 too late for its frame plays at the start of the next block (counted in ``stats``). The
@@ -186,8 +186,9 @@ class LiveEngine:
 
             self._midi_buf = np.zeros(256, MIDI_EVENT)
         self.ring = RingBuffer(ahead_blocks * self.block_frames + period_frames)
-        #: frames from an event's arrival to its output frame
-        self.delay_frames = self.ring.capacity + self.block_frames
+        #: frames from an event's arrival to its output frame: the render thread is never more
+        #: than the ring's capacity ahead of the device, so an event that far ahead is in time
+        self.delay_frames = self.ring.capacity
         self._events: deque[tuple[int, tuple]] = deque(maxlen=4096)
         #: (output frame, event) of the last events the render thread applied
         self.event_log: deque[tuple[int, tuple]] = deque(maxlen=1024)
@@ -375,6 +376,10 @@ class LiveEngine:
         if got < frames:
             self.underruns += 1
             self._skipped += frames - got
+        self._tick(t0, frames)
+
+    def _tick(self, t0: int, frames: int) -> None:
+        """The clock and statistics of one callback that started at ``t0`` (audio thread)."""
         base = t0 - self._frames_read * self._ns_per_frame
         if base < self._window_min_ns:
             self._window_min_ns = base
