@@ -102,9 +102,6 @@ def measure(design: str, args, device: int) -> dict:
         if k < 0 or k >= len(frames) - 1 or frame >= frames[k] + args.period * 4:
             continue
         lat.append((times[k] - ev[6]) / 1e6)
-        if os.environ.get("LATENCY_DEBUG") and len(lat) < 3:
-            print(design, "frame", frame, "cb frame", frames[k], "cb t", times[k], "arrival", ev[6],
-                  "base", engine._base_ns, "mapped", engine._frame_of(ev[6]))
     lat = np.array(lat)
     st = engine.stats()
     return {
@@ -147,7 +144,7 @@ def main() -> None:
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         f"### latency — {platform.node()} ({os.cpu_count()} cores), {results[0]['backend']}, "
-        f"JACK dummy {RATE} Hz, {args.period}-frame periods — {date}",
+        f"JACK dummy {RATE} Hz, {args.period}-frame periods, {args.ahead} blocks ahead — {date}",
         "",
         "MIDI note-on arrival → its first sample handed to PortAudio (ms), over "
         f"{args.notes} notes; PortAudio's output latency comes on top.",
