@@ -59,7 +59,8 @@ def _render(args: argparse.Namespace) -> int:
             bar.update(round(done / rate - bar.n, 3))
 
         result = render_midi(
-            score, backend, preset, args.output, sample_format=args.format, progress=progress
+            score, backend, preset, args.output, sample_format=args.format, progress=progress,
+            tuning=_tuning(args),
         )
     peak_db = 20 * __import__("math").log10(max(result.peak, 1e-12))
     print(
@@ -70,6 +71,16 @@ def _render(args: argparse.Namespace) -> int:
     if result.refused_notes:
         print(f"warning: {result.refused_notes} notes were out of this body's range (see the log)")
     return 0
+
+
+def _tuning(args: argparse.Namespace):
+    if args.tuning is None:
+        if args.kbm is not None:
+            raise SystemExit("neirosynth: error: --kbm needs --tuning SCALE.scl")
+        return None
+    from .scala import load_tuning
+
+    return load_tuning(args.tuning, args.kbm)
 
 
 def _describe(backend) -> str:
@@ -142,7 +153,8 @@ def _play(args: argparse.Namespace) -> int:
         args.backend, grid_n=preset.grid_n, max_voices=args.polyphony, block_frames=args.block,
         adapter=args.adapter,
     )
-    synth = Synth(backend, preset, sample_rate_hz=args.sample_rate, max_polyphony=args.polyphony)
+    synth = Synth(backend, preset, sample_rate_hz=args.sample_rate, max_polyphony=args.polyphony,
+                  tuning=_tuning(args))
     midi = MidiInput(channels=args.channel)
     if args.midi is None:
         midi.open_virtual("NeiroSynth")
@@ -196,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--sample-rate", type=int, default=48_000, help="output rate in Hz")
     r.add_argument("--block", type=int, default=256, help="frames per block")
     r.add_argument("--polyphony", type=int, default=32, help="most voices at once")
+    r.add_argument("--tuning", type=Path, default=None, help="Scala scale (.scl)")
+    r.add_argument("--kbm", type=Path, default=None, help="Scala keyboard mapping (.kbm)")
     r.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None,
                    help="simulation backend (default: $NEIROSYNTH_BACKEND or auto)")
     r.add_argument("--adapter", default=None, help="wgpu adapter name (substring)")
@@ -218,6 +232,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--period", type=int, default=128, help="audio frames per callback (32..1024)")
     pl.add_argument("--block", type=int, default=128, help="frames the engine renders at a time")
     pl.add_argument("--polyphony", type=int, default=16, help="most voices at once")
+    pl.add_argument("--tuning", type=Path, default=None, help="Scala scale (.scl)")
+    pl.add_argument("--kbm", type=Path, default=None, help="Scala keyboard mapping (.kbm)")
     pl.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
     pl.add_argument("--adapter", default=None, help="wgpu adapter name (substring)")
     pl.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -238,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     from .gpu import NoAdapterError
     from .midifile import MidiFileError
     from .presets import PresetError
+    from .scala import ScalaError
     from .tuning import TuningError
 
     errors: tuple[type[BaseException], ...] = (
-        MidiFileError, PresetError, NoAdapterError, TuningError, OSError,
+        MidiFileError, PresetError, NoAdapterError, TuningError, ScalaError, OSError,
     )
     if args.command in ("play", "devices"):
         from .audio import AudioDeviceError

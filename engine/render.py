@@ -59,6 +59,7 @@ def render_midi(
     sample_format: Literal["16", "24", "float"] = "24",
     tail_s: float = 4.0,
     progress: Callable[[int, int], None] | None = None,
+    tuning=None,
 ) -> RenderResult:
     """Render ``score`` on ``backend`` with ``preset`` and write a stereo WAV to ``out_path``.
 
@@ -70,12 +71,13 @@ def render_midi(
         sample_format: ``"16"``, ``"24"`` (PCM) or ``"float"`` (32-bit float).
         tail_s: longest time to let voices ring after the last event.
         progress: called as ``progress(done_frames, total_frames)`` after each block.
+        tuning: a Scala tuning (:func:`engine.scala.load_tuning`); ``None``: equal temperament.
     """
     if sample_format not in SUBTYPES:
         raise ValueError(f"sample_format={sample_format!r}; choose one of {sorted(SUBTYPES)}")
     out_path = Path(out_path)
     t0 = time.perf_counter()
-    synth = Synth(backend, preset, sample_rate_hz=score.sample_rate_hz)
+    synth = Synth(backend, preset, sample_rate_hz=score.sample_rate_hz, tuning=tuning)
     block = synth.block_frames
     events = score.events
     last_sample = max(events[-1].sample, int(score.duration_s * score.sample_rate_hz))

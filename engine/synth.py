@@ -82,6 +82,7 @@ from . import params as P
 from .block import RECORD_DTYPE, RECORD_RESET, FdtdBackend
 from .kan import KAN, inputs
 from .presets import Preset
+from .scala import Tuning
 from .tuning import (
     CFL_LIMIT,
     CFL_SAFETY,
@@ -239,6 +240,9 @@ class Synth:
         morph_to: an optional second preset, the map that ``morph`` moves towards.
         param_source: a callable (a :class:`~engine.kan.KAN`, say) from the five KAN inputs
             to the 25 parameters; ``None``: :meth:`KAN.default` centred on the preset's values.
+        tuning: a Scala tuning (:func:`engine.scala.load_tuning`) giving each key's frequency;
+            ``None``: 12-tone equal temperament, A4 = 440 Hz. A key the tuning leaves unmapped
+            does not sound (counted in ``stats["refused"]``).
 
     Not thread-safe: a single thread (the render thread) calls every method.
     """
@@ -254,6 +258,7 @@ class Synth:
         bend_range_semitones: float = 2.0,
         morph_to: Preset | None = None,
         param_source: ParamSource | None = None,
+        tuning: Tuning | None = None,
     ) -> None:
         if preset.grid_n != backend.grid_n:
             raise ValueError(
@@ -270,6 +275,7 @@ class Synth:
         self.sample_rate_hz = int(sample_rate_hz)
         self.block_frames = backend.block_frames
         self.bend_range_semitones = float(bend_range_semitones)
+        self.tuning = tuning
         n_voices = min(max_polyphony or backend.max_voices, backend.max_voices)
         self.voices = [
             _Voice(slot=i, rng=np.random.default_rng(0x5EED + i)) for i in range(n_voices)
@@ -465,12 +471,13 @@ class Synth:
     def _pitch_hz(self, t: _Tone) -> float:
         p = t.params
         semis = (
-            t.note
-            + p[_I["detune_cents"]] / 100.0
+            p[_I["detune_cents"]] / 100.0
             + self._bend[t.channel] * self.bend_range_semitones
             + t.glide_cents / 100.0
         )
-        return note_to_hz(float(semis))
+        if self.tuning is not None:
+            return self.tuning.note_to_hz(t.note, float(semis))
+        return note_to_hz(t.note + float(semis))
 
     def _fits(self, t: _Tone, steps: int) -> bool:
         """Whether the tone (with bend headroom, held or released loss) is stable at ``steps``."""
@@ -588,6 +595,10 @@ class Synth:
         explicit = params is not None
         p = params if explicit else self._source_params(note, channel, velocity)
         t = self._new_tone(note, channel, velocity, p, explicit)
+        if not math.isfinite(self._pitch_hz(t)):
+            self.stats["refused"] += 1
+            log.info("note %d refused: the tuning leaves this key unmapped", note)
+            return None
         if steps is None:
             try:
                 t.steps = self._choose_steps(t)

@@ -110,3 +110,25 @@ def test_unknown_preset_lists_the_shipped_ones(tmp_path, capsys):
     rc = main(["render", str(song), "--preset", "no-such-preset", "-o", str(tmp_path / "o.wav")])
     assert rc == 2
     assert "no preset named 'no-such-preset'; shipped presets: plate" in capsys.readouterr().err
+
+
+def test_render_with_a_scala_tuning_and_a_bad_one(tmp_path, seed, capsys):
+    rng = np.random.default_rng(seed)
+    preset = small_preset(tmp_path, rng)
+    song = tmp_path / "song.mid"
+    write_song(song, tempo_change=False)
+    scl = tmp_path / "pythagorean.scl"
+    scl.write_text("! pythagorean.scl\nPythagorean\n12\n256/243\n9/8\n32/27\n81/64\n4/3\n"
+                   "729/512\n3/2\n128/81\n27/16\n16/9\n243/128\n2/1\n")
+    out = tmp_path / "out.wav"
+    assert main(["render", str(song), "--preset", preset, "-o", str(out), "--backend", "cpu",
+                 "--tuning", str(scl), "-q"]) == 0
+    assert soundfile.info(out).frames > 0
+    bad = tmp_path / "bad.scl"
+    bad.write_text("! bad\nBroken\n3\n100.0\nnot-a-pitch\n")
+    rc = main(["render", str(song), "--preset", preset, "-o", str(tmp_path / "b.wav"),
+               "--backend", "cpu", "--tuning", str(bad), "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neirosynth: error:") and "bad.scl" in err, err
+    assert not (tmp_path / "b.wav").exists()

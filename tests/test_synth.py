@@ -343,3 +343,28 @@ def test_random_parameters_and_controllers_never_break_the_engine(seed):
         y = s.render_block()
         assert np.all(np.isfinite(y)) and np.abs(y).max() < 1.0, f"seed={seed}: block {block}"
     assert s.stats["notes"] > 20 and s.stats["stolen"] > 0, f"seed={seed}: {s.stats}"
+
+
+def test_a_scala_tuning_sets_the_pitch_and_unmapped_keys_stay_silent(tmp_path, seed):
+    """19-EDO from a real .scl file: key 72 sounds at 440·2^(3/19); with a mapping that leaves
+    the black keys unmapped, C#4 is refused and plays nothing."""
+    from engine.scala import load_tuning
+
+    steps = "\n".join(f"{1200 * k / 19:.10f}" for k in range(1, 19)) + "\n2/1\n"
+    scl = tmp_path / "19edo.scl"
+    scl.write_text(f"! 19edo.scl\n19-EDO\n19\n{steps}")
+    rng = np.random.default_rng(seed)
+    s = Synth(CpuFdtd(32, 2, 128, dtype=np.float64), preset(rng), sample_rate_hz=RATE,
+              tuning=load_tuning(scl))
+    s.note_on(72, 100)
+    y = render(s, 150)[:, 0]
+    assert abs(cents(fundamental_hz(y, RATE), 440.0 * 2 ** (3 / 19))) < 3.0, f"seed={seed}"
+
+    kbm = tmp_path / "white.kbm"
+    kbm.write_text("! white.kbm\n12\n0\n127\n60\n69\n440.0\n7\n0\nx\n1\nx\n2\n3\nx\n4\nx\n5\nx\n6\n")
+    seven = tmp_path / "seven.scl"
+    seven.write_text("! seven.scl\nJust major\n7\n9/8\n5/4\n4/3\n3/2\n5/3\n15/8\n2/1\n")
+    s = Synth(CpuFdtd(32, 2, 128, dtype=np.float64), preset(rng), sample_rate_hz=RATE,
+              tuning=load_tuning(seven, kbm))
+    s.note_on(61, 100)
+    assert np.all(render(s, 4) == 0.0) and s.stats["refused"] == 1 and s.active_voices == 0
