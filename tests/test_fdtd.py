@@ -337,8 +337,10 @@ def test_longest_dispatch_matches_reference(adapter, seed, n, frames):
     g, r = run_both(gpu, ref, plan)
     tail = slice(len(g) // 2, None)  # the last half of the block is where the budget ran out
     err = np.linalg.norm(g[tail] - r[tail]) / np.linalg.norm(r[tail])
-    # the budget bug gives O(1) errors; float32 rounding over 3000+ steps stays near 1e-4
-    assert err < 1e-3, (
+    # the budget bug gives O(1) errors (a frozen field); float32 rounding drifts slowly in
+    # phase: ~1e-4 after 4096 steps, up to a few 1e-3 after 53 248
+    steps = gpu.max_steps_per_sample * frames
+    assert err < (1e-3 if steps <= 5000 else 2e-2), (
         f"seed={seed}: {gpu.max_steps_per_sample * frames} steps in one dispatch: rel error {err:.2e}"
     )
 
