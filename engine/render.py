@@ -127,6 +127,9 @@ def _write_atomic(path: Path, audio: np.ndarray, sample_rate_hz: int, subtype: s
     os.close(fd)
     try:
         soundfile.write(tmp, audio, sample_rate_hz, subtype=subtype, format="WAV")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; a WAV is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mido
 import numpy as np
 import pytest
@@ -62,6 +64,9 @@ def test_render_writes_a_wav_with_sound(tmp_path, seed, backend, capsys):
     assert f"wrote {out}" in printed and "× real time" in printed and "3 notes" in printed
     audio, rate = soundfile.read(out)
     assert rate == 48_000 and audio.ndim == 2 and audio.shape[1] == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "the WAV is not an ordinary readable file"
     assert np.all(np.isfinite(audio))
     peak = np.max(np.abs(audio))
     assert 1e-3 < peak < 1.0, f"seed={seed}: peak {peak}"
