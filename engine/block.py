@@ -75,6 +75,10 @@ RECORD_DTYPE = np.dtype(
 )
 assert RECORD_DTYPE.itemsize == 80
 
+_RECORD_SIZE = RECORD_DTYPE.itemsize
+_RECORD_WORDS = _RECORD_SIZE // 4
+_FLAGS_WORD = RECORD_DTYPE.fields["flags"][1] // 4
+
 #: One dispatched voice. Mirrors ``struct VoiceHeader`` in ``shaders/fdtd.wgsl`` (32 bytes).
 HEADER_DTYPE = np.dtype(
     [
@@ -125,6 +129,8 @@ class BlockPlan:
         self.max_events_per_voice = max_events_per_voice
         self.max_records = max_voices * (1 + max_events_per_voice)
         self.records = np.zeros(self.max_records, RECORD_DTYPE)
+        self._record_bytes = memoryview(self.records.view(np.uint8))
+        self._record_words = self.records.view(np.uint32)
         self.headers = np.zeros(max_voices, HEADER_DTYPE)
         self.events = np.zeros(max(1, max_voices * max_events_per_voice), EVENT_DTYPE)
         self.force = np.zeros(max_voices * block_frames, np.float32)
@@ -149,13 +155,21 @@ class BlockPlan:
         self.n_events = 0
         self.out_size = 0
 
-    def add_record(self, record: np.void | np.ndarray) -> int:
-        """Copy one :data:`RECORD_DTYPE` record into the plan; returns its index."""
-        if self.n_records >= self.max_records:
+    def add_record(self, record: np.void | np.ndarray | bytes, flags: int | None = None) -> int:
+        """Copy one :data:`RECORD_DTYPE` record (or its ``tobytes()``) into the plan, with
+        ``flags`` in place of its own if given; returns its index."""
+        i = self.n_records
+        if i >= self.max_records:
             raise ValueError(f"more than {self.max_records} records in one block")
-        self.records[self.n_records] = record
+        if isinstance(record, bytes):
+            # a structured element's assignment costs ~0.3 µs, its copy ~10 µs; bytes ~0.1 µs
+            self._record_bytes[i * _RECORD_SIZE : (i + 1) * _RECORD_SIZE] = record
+        else:
+            self.records[i] = record
+        if flags is not None:
+            self._record_words[i * _RECORD_WORDS + _FLAGS_WORD] = flags
         self.n_records += 1
-        return self.n_records - 1
+        return i
 
     def add_voice(
         self,
@@ -188,15 +202,16 @@ class BlockPlan:
                 f"{len(events)} events for one voice; at most {self.max_events_per_voice} a block"
             )
         v = self.n_voices
-        h = self.headers[v]
-        h["slot"] = slot
-        h["steps_per_sample"] = steps_per_sample
-        h["n_samples"] = self.block_frames
-        h["record"] = record
-        h["first_event"] = self.n_events
-        h["n_events"] = len(events)
-        h["out_offset"] = self.out_size
-        h["force_offset"] = v * self.block_frames
+        self.headers[v] = (
+            slot,
+            steps_per_sample,
+            self.block_frames,
+            record,
+            self.n_events,
+            len(events),
+            self.out_size,
+            v * self.block_frames,
+        )
         last = 0
         for sample, rec in events:
             if not (last <= sample < self.block_frames) or not 0 <= rec < self.n_records:

@@ -81,6 +81,7 @@ import scipy.signal
 from . import params as P
 from .block import RECORD_DTYPE, RECORD_RESET, FdtdBackend
 from .kan import KAN, inputs
+from .mixdown import MixInput, MixState, decimation_sos, mix_voices
 from .presets import Preset
 from .scala import Tuning
 from .tuning import (
@@ -121,6 +122,8 @@ _LEVEL_FLOOR = 1e-6
 #: Slowest energy decay the drive is calibrated for (1/s): an undamped body still gets a level.
 _DRIVE_MIN_DECAY = 1.0
 _LN1000 = math.log(1000.0)
+#: Most output-coefficient changes (and field resets) one voice applies in one block.
+_MAX_CHANGES = 32
 
 _I = {name: P.index(name) for name in P.NAMES}
 
@@ -180,13 +183,8 @@ class _Voice:
     kick: float = 0.0
     pluck: float = 0.0
     drive: float = 0.0
-    # output stage: decimator state, last output sample, coefficient ramp
-    zi: np.ndarray | None = None
-    zi_steps: int = 0
-    y_prev: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    coef_now: np.ndarray = field(default_factory=lambda: np.zeros(6))
-    coef_target: np.ndarray = field(default_factory=lambda: np.zeros(6))
-    coef_left: int = 0
+    # (the output stage's state — decimator, last sample, coefficient ramp — is in
+    # Synth._mix_state at this slot)
     rng: np.random.Generator | None = None
 
     @property
@@ -213,7 +211,7 @@ class _Block:
 
     def __init__(self, t0: int) -> None:
         self.t0 = t0
-        self.records: dict[int, list[list]] = {}  # slot → [[offset, record, flags]]
+        self.records: dict[int, list[list]] = {}  # slot → [[offset, record bytes, flags]]
         self.strikes: dict[int, list[tuple[int, int, float, int, float]]] = {}
         self.drives: dict[int, list[tuple[int, float]]] = {}
         self.coefs: dict[int, list[tuple[int, np.ndarray, int]]] = {}
@@ -313,9 +311,14 @@ class Synth:
         self._slide = np.full(16, 0.5)
         self._sustain = np.zeros(16, bool)
         self._now = 0
-        self._sos = {
-            os_: scipy.signal.ellip(10, 0.1, 90, 0.9 / os_, output="sos") for os_ in range(2, 17)
-        }
+        self._sos = decimation_sos(max(2, backend.max_steps_per_sample))
+        self._mix_state = MixState.allocate(n_voices, self._sos.shape[1])
+        self._mix_in = MixInput.allocate(n_voices, n_voices * _MAX_CHANGES)
+        self._mix = np.zeros((self.block_frames, 2))
+        self._peak = np.zeros(n_voices)
+        self._finite = np.zeros(n_voices, bool)
+        self._frame_t = np.arange(self.block_frames)
+        self._force = np.zeros(self.block_frames)
         self._fade = max(1, int(round(STEAL_FADE_S * self.sample_rate_hz)))
         self._ramp = max(1, int(round(_RAMP_S * self.sample_rate_hz)))
         self._glide_every = max(_GLIDE_TICK, -(-self.block_frames // 16))
@@ -617,7 +620,7 @@ class Synth:
 
     def _blk_record(self, v: _Voice, offset: int, reset: bool = False) -> None:
         blk = self._blk
-        rec = v.tone.record.copy()
+        rec = v.tone.record.tobytes()
         flags = RECORD_RESET if reset else 0
         lst = blk.records.get(v.slot)
         if lst is None:  # a voice that starts in this block: its first record resets the field
@@ -646,8 +649,7 @@ class Synth:
         self._blk.coefs.setdefault(v.slot, []).append((offset, target, ramp))
 
     def _fresh_output(self, v: _Voice) -> None:
-        v.zi = None
-        v.y_prev = np.zeros(2)
+        self._mix_state.clear(v.slot)
 
     def _install(self, v: _Voice, t: _Tone, offset: int, reset: bool) -> None:
         """Start tone ``t`` on voice ``v`` at ``offset``: with a RESET of the field, or as a
@@ -667,7 +669,9 @@ class Synth:
                 self._blk_coefs(v, offset, coefs, 0)
             else:
                 self._fresh_output(v)
-                v.coef_now, v.coef_target, v.coef_left = coefs.copy(), coefs.copy(), 0
+                ms = self._mix_state
+                ms.coef_now[v.slot] = ms.coef_target[v.slot] = coefs
+                ms.coef_left[v.slot] = 0
                 blk.coefs.pop(v.slot, None)
             v.fade_end = -1
         else:
@@ -855,7 +859,7 @@ class Synth:
         blk = self._blk = _Block(self._now)
         for v in self.voices:
             if v.active:
-                blk.records[v.slot] = [[0, v.tone.record.copy(), 0]]
+                blk.records[v.slot] = [[0, v.tone.record.tobytes(), 0]]
                 blk.strikes[v.slot] = [(0, v.strike_pos, v.kick, v.contact_samples, v.pluck)]
                 blk.drives[v.slot] = [(0, v.drive)]
                 if v.pending is not None and v.pending_at < blk.t0 + n_frames:
@@ -876,106 +880,90 @@ class Synth:
 
         plan = self.plan
         plan.clear()
-        order = []
-        t = np.arange(n_frames)
+        order: list[_Voice] = []
         for v in self.voices:
             lst = blk.records.get(v.slot)
             if not v.active or lst is None:
                 continue
             lst = _coalesce(lst, plan.max_events_per_voice)
-            first = plan.add_record(_flagged(lst[0][1], lst[0][2]))
-            events = [(off, plan.add_record(_flagged(rec, fl))) for off, rec, fl in lst[1:]]
-            force = np.zeros(n_frames)
-            segments = blk.strikes[v.slot]
-            for k, (off, pos, kick, contact, pluck) in enumerate(segments):
-                end = segments[k + 1][0] if k + 1 < len(segments) else n_frames
-                if kick != 0.0 and pos < contact:  # else the contact is over: no force
-                    force[off:end] = kick * _envelope(t[off:end] - off + pos, contact, pluck)
-            off, pos = segments[-1][0], segments[-1][1]
-            v.strike_pos = min(pos + n_frames - off, 1 << 30)
-            drives = blk.drives[v.slot]
-            for k, (off, sigma) in enumerate(drives):
-                end = drives[k + 1][0] if k + 1 < len(drives) else n_frames
-                if sigma > 0.0 and end > off:
-                    force[off:end] += sigma * v.rng.standard_normal(end - off)
-            idx = plan.add_voice(v.slot, v.tone.steps, first, force, events)
-            order.append((idx, v))
+            first = plan.add_record(lst[0][1], lst[0][2])
+            events = [(off, plan.add_record(rec, fl)) for off, rec, fl in lst[1:]]
+            plan.add_voice(v.slot, v.tone.steps, first, self._voice_force(v, blk), events)
+            order.append(v)
 
-        out = np.zeros((n_frames, 2))
+        mix = self._mix
         if order:
             pickups = self.backend.run(plan)
-            for idx, v in order:
-                y = self._voice_output(v, plan.voice_pickups(pickups, idx), blk)
-                if y is None:
-                    continue
-                out += y.T
-                if v.released and v.pending is None and np.max(np.abs(y)) < _FREE_LEVEL:
+            self._fill_mix_input(order, blk)
+            mix_voices(
+                pickups, self._mix_in, self._mix_state, self._sos, n_frames, mix,
+                self._peak, self._finite,
+            )  # fmt: skip
+            for i, v in enumerate(order):
+                if not self._finite[i]:
+                    log.error("voice %d went non-finite; silenced", v.slot)
                     v.active = False
+                    v.pending = None
+                elif v.released and v.pending is None and self._peak[i] < _FREE_LEVEL:
+                    v.active = False
+        else:
+            mix[:] = 0.0
         self._blk = None
         self._now += n_frames
-        return self._finish(out)
+        return self._finish(mix)
 
-    def _voice_output(self, v: _Voice, pickups: np.ndarray, blk: _Block) -> np.ndarray | None:
-        """Decimate, apply pickup velocity and the output matrix; ``(2, block_frames)``."""
+    def _voice_force(self, v: _Voice, blk: _Block) -> np.ndarray | None:
+        """The voice's force for the block (strike envelopes and drive noise), ``None`` if
+        there is none; advances its strike position."""
         n_frames = self.block_frames
-        steps = v.tone.steps
-        fine = pickups.astype(np.float64)
-        resets = sorted(set(blk.resets.get(v.slot, [])))
-        y = np.empty((2, n_frames))
-        bounds = [0] + [r for r in resets if r > 0] + [n_frames]
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a in resets or v.zi_steps != steps:
-                v.zi = None
-            if steps > 1:
-                if v.zi is None:
-                    v.zi = np.zeros((self._sos[steps].shape[0], 2, 2))
-                seg, v.zi = scipy.signal.sosfilt(
-                    self._sos[steps], fine[:, a * steps : b * steps], axis=1, zi=v.zi
-                )
-                y[:, a:b] = seg[:, steps - 1 :: steps]
-            else:
-                y[:, a:b] = fine[:, a:b]
-            v.zi_steps = steps
-        if not np.all(np.isfinite(y)):
-            log.error("voice %d went non-finite; silenced", v.slot)
-            v.active = False
-            v.pending = None
+        segments = blk.strikes[v.slot]
+        drives = blk.drives[v.slot]
+        off, pos = segments[-1][0], segments[-1][1]
+        v.strike_pos = min(pos + n_frames - off, 1 << 30)
+        striking = any(kick != 0.0 and pos < contact for _, pos, kick, contact, _ in segments)
+        if not striking and not any(sigma > 0.0 for _, sigma in drives):
             return None
-        prev = np.concatenate([v.y_prev[:, None], y[:, :-1]], axis=1)
-        for r in resets:
-            prev[:, r] = 0.0
-        dy = y - prev
-        v.y_prev = y[:, -1].copy()
-        c = self._coef_track(v, blk.coefs.get(v.slot, []))
-        mixed = c[0] * y + c[1] * dy
-        return np.stack([c[2] * mixed[0] + c[3] * mixed[1], c[4] * mixed[0] + c[5] * mixed[1]])
+        force = self._force
+        force[:] = 0.0
+        t = self._frame_t
+        for k, (off, pos, kick, contact, pluck) in enumerate(segments):
+            end = segments[k + 1][0] if k + 1 < len(segments) else n_frames
+            if kick != 0.0 and pos < contact:  # else the contact is over: no force
+                force[off:end] = kick * _envelope(t[off:end] - off + pos, contact, pluck)
+        for k, (off, sigma) in enumerate(drives):
+            end = drives[k + 1][0] if k + 1 < len(drives) else n_frames
+            if sigma > 0.0 and end > off:
+                force[off:end] += sigma * v.rng.standard_normal(end - off)
+        return force
 
-    def _coef_track(self, v: _Voice, changes: list[tuple[int, np.ndarray, int]]) -> np.ndarray:
-        """Per-sample output coefficients ``(6, block_frames)`` from the voice's ramp state."""
-        n_frames = self.block_frames
-        out = np.empty((6, n_frames))
-        pos = 0
-        for off, target, ramp in [*changes, (n_frames, None, 0)]:
-            self._coef_advance(v, out, pos, off)
-            pos = off
-            if target is not None:
-                v.coef_target = np.asarray(target, np.float64).copy()
-                v.coef_left = ramp
-                if ramp <= 0:
-                    v.coef_now = v.coef_target.copy()
-        return out
-
-    @staticmethod
-    def _coef_advance(v: _Voice, out: np.ndarray, a: int, b: int) -> None:
-        if b <= a:
-            return
-        k = min(b - a, v.coef_left)
-        if k > 0:
-            frac = np.arange(1, k + 1) / v.coef_left
-            out[:, a : a + k] = v.coef_now[:, None] + (v.coef_target - v.coef_now)[:, None] * frac
-            v.coef_left -= k
-            v.coef_now = v.coef_target.copy() if v.coef_left == 0 else out[:, a + k - 1].copy()
-        out[:, a + k : b] = v.coef_now[:, None]
+    def _fill_mix_input(self, order: list[_Voice], blk: _Block) -> None:
+        """The output stage's view of the block: each voice's slot, pickups, resets and
+        coefficient changes, in the plan's voice order."""
+        mi = self._mix_in
+        n = len(order)
+        headers = self.plan.headers
+        mi.n = n
+        mi.offsets[:n] = headers["out_offset"][:n]
+        mi.steps[:n] = headers["steps_per_sample"][:n]
+        r = c = 0
+        for i, v in enumerate(order):
+            mi.slots[i] = v.slot
+            mi.reset_first[i] = r
+            resets = blk.resets.get(v.slot)
+            if resets:
+                for at in sorted(set(resets))[-_MAX_CHANGES:]:
+                    mi.reset_at[r] = at
+                    r += 1
+            mi.change_first[i] = c
+            changes = blk.coefs.get(v.slot)
+            if changes:
+                for at, target, ramp in _coalesce_changes(changes, _MAX_CHANGES):
+                    mi.change_at[c] = at
+                    mi.change_ramp[c] = ramp
+                    mi.change_coef[c] = target
+                    c += 1
+        mi.reset_first[n] = r
+        mi.change_first[n] = c
 
     def _finish(self, mix: np.ndarray) -> np.ndarray:
         # DC blocker y[n] = x[n] − x[n−1] + r·y[n−1], per channel
@@ -1016,12 +1004,6 @@ def _unit(value: float, what: str) -> float:
     return min(max(v, 0.0), 1.0)
 
 
-def _flagged(rec: np.ndarray, flags: int) -> np.ndarray:
-    rec = rec.copy()
-    rec["flags"] = flags
-    return rec
-
-
 def _coalesce(lst: list[list], max_events: int) -> list[list]:
     """At most ``max_events`` switches after the first record: drop the earliest non-reset
     switches that a later one supersedes (their parameters then start a little late)."""
@@ -1033,3 +1015,18 @@ def _coalesce(lst: list[list], max_events: int) -> list[list]:
         else:
             del lst[i]
     return lst
+
+
+def _coalesce_changes(
+    changes: list[tuple[int, np.ndarray, int]], max_changes: int
+) -> list[tuple[int, np.ndarray, int]]:
+    """At most ``max_changes`` output-coefficient changes: drop the earliest ramps that a later
+    change supersedes (a flood of bends in one block glides to the last one's target)."""
+    changes = list(changes)
+    i = 0
+    while len(changes) > max_changes and i < len(changes) - 1:
+        if changes[i][2] > 0:
+            del changes[i]
+        else:
+            i += 1
+    return changes[-max_changes:]
