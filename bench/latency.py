@@ -68,7 +68,8 @@ def measure(design: str, args, device: int) -> dict:
     midi = MidiInput(api="jack", client_name=f"latency-{design}")
     midi.open_virtual("in")
     engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi,
-                        ahead_blocks=args.ahead, capture_s=args.notes * args.spacing_s + 3)
+                        ahead_frames=args.ahead, capture_s=args.notes * args.spacing_s + 3)
+    delay_frames = engine.delay_frames
     if design == "callback":
         engine.delay_frames = 0  # events go into the block this callback renders
         engine._render_loop = lambda: None  # no render thread: the callback renders
@@ -113,6 +114,8 @@ def measure(design: str, args, device: int) -> dict:
         "xruns": st["xruns"],
         "callback_p99_us": st["callback_us"]["p99"],
         "backend": type(backend).__name__,
+        "delay_frames": delay_frames,
+        "ahead_frames": engine.ahead_frames,
     }
 
 
@@ -120,7 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--notes", type=int, default=200)
     ap.add_argument("--period", type=int, default=128)
-    ap.add_argument("--ahead", type=int, default=2, help="blocks the render thread keeps ready")
+    ap.add_argument("--ahead", type=int, default=None,
+                    help="frames the render thread has to render a block (default: one block)")
     ap.add_argument("--spacing-s", type=float, default=0.06)
     ap.add_argument("--preset", default="plate")
     ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
@@ -144,7 +148,9 @@ def main() -> None:
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         f"### latency — {platform.node()} ({os.cpu_count()} cores), {results[0]['backend']}, "
-        f"JACK dummy {RATE} Hz, {args.period}-frame periods, {args.ahead} blocks ahead — {date}",
+        f"JACK dummy {RATE} Hz, {args.period}-frame periods and blocks, ring design's delay "
+        f"{results[0]['delay_frames']} frames ({results[0]['delay_frames'] / RATE * 1e3:.2f} ms: "
+        f"{results[0]['ahead_frames']} frames to render a block) — {date}",
         "",
         "MIDI note-on arrival → its first sample handed to PortAudio (ms), over "
         f"{args.notes} notes; PortAudio's output latency comes on top.",

@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--polyphony", type=int, default=32)
     ap.add_argument("--period", type=int, default=128)
     ap.add_argument("--block", type=int, default=128)
-    ap.add_argument("--ahead", type=int, default=2)
+    ap.add_argument("--ahead", type=int, default=None,
+                    help="frames the render thread has to render a block (default: one block)")
     ap.add_argument("--midi", type=Path, default=ROOT / "examples" / "minuet_in_g.mid")
     ap.add_argument("--preset", default="plate")
     ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
@@ -61,7 +62,7 @@ def main() -> None:
         from jack import portaudio_jack_output
 
         device = portaudio_jack_output()
-        engine = LiveEngine(synth, device=device, period_frames=args.period, ahead_blocks=args.ahead)
+        engine = LiveEngine(synth, device=device, period_frames=args.period, ahead_frames=args.ahead)
         engine.start()
         t_end = time.perf_counter() + args.minutes * 60
         loops = 0
@@ -83,6 +84,7 @@ def main() -> None:
                     break
             loops += 1
         played_s = engine.stats()["frames"] / RATE
+        delay, ahead = engine.delay_frames, engine.ahead_frames
         stats = engine.stats()
         engine.stop()
         sd._terminate()
@@ -96,7 +98,8 @@ def main() -> None:
         "",
         f"{args.midi.name} looped {loops}× for {played_s:.0f} s of audio at up to "
         f"{args.polyphony} voices, JACK dummy {RATE} Hz, {args.period}-frame periods, "
-        f"{args.block}-frame blocks, {args.ahead} blocks ahead.",
+        f"{args.block}-frame blocks, delay {delay} frames ({delay / RATE * 1e3:.2f} ms; "
+        f"{ahead} frames to render a block).",
         "",
         "| xruns | underruns | late events | silenced (non-finite/full-scale) blocks | peak dBFS | callback µs min/median/p99/max | render µs min/median/p99/max |",
         "|---|---|---|---|---|---|---|",

@@ -20,14 +20,24 @@ readback — would become an xrun; a thread that stays ``ahead_blocks`` blocks a
 them at the cost of that many blocks of latency. ``bench/latency.py`` measures both.
 
 Timing: an event stamped at ``t`` is played at the output frame that the callback will reach
-``delay`` after ``t`` (``delay`` = the ring's depth: ``ahead_blocks`` blocks and a period), placed at its exact
-sample offset inside the block being rendered. So events keep their spacing to the sample,
-and the latency is constant instead of jittering with the block grid. An event that arrives
-too late for its frame plays at the start of the next block (counted in ``stats``). The
+``delay_frames`` after ``t``, placed at its exact sample offset inside its block. So events keep
+their spacing to the sample, and the latency is constant instead of jittering with the block
+grid. The render thread renders a block *just in time*: once the last event that can fall
+inside it has arrived (``delay_frames`` before the block's end), leaving it ``ahead_frames``
+to render the block before the callback that plays it. Rendering earlier would only make
+events late; later, an underrun. An event that arrives too late for its frame anyway (the
+render thread was descheduled) plays at the start of its block, counted in ``stats``. The
 arrival clock is mapped onto device frames through the most punctual callback of each 1 s
 window (Python callbacks come late under load, never early); in the first second after
-``start`` that estimate can still improve, so spacing is exact from then on. After an underrun the render position
-skips the frames that were played as zeros, so the latency stays what it was.
+``start`` that estimate can still improve, so spacing is exact from then on. After an underrun
+the render position skips the frames that were played as zeros, so the latency stays what it
+was.
+
+The GIL: the callback needs it for the few microseconds of its copy, and CPython hands it
+from a running thread to a waiting one only every ``sys.getswitchinterval()`` (5 ms by
+default: two periods at 128 frames). While a stream runs, :class:`LiveEngine` lowers the
+interval to 0.5 ms (restored by ``stop``); the numba kernel and the GPU wait release the GIL
+anyway.
 
 Safety: a block that is not finite, or reaches full scale, is replaced by silence before it
 enters the ring, and the offending voices are reset by the synth's own guard; the synth's
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -57,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: Callbacks this much later than the clock, 16 in a row, re-anchor it (a stalled device).
 _REANCHOR_NS = 20_000_000
+#: GIL switch interval while a stream runs (CPython's default is 5 ms).
+_SWITCH_INTERVAL_S = 0.0005
 #: A device whose callback has not come for this long is taken for lost.
 _LOST_AFTER_NS = 500_000_000
 
@@ -137,7 +150,11 @@ class LiveEngine:
         synth: the instrument; its block size is the render granularity.
         device: output device index or a substring of its name (``None``: the default).
         period_frames: PortAudio's block size (32–1024).
-        ahead_blocks: how many synth blocks the render thread keeps ready (≥ 1).
+        ahead_frames: the render thread's time to render one block, in frames: a block is
+            rendered once the last event that may fall in it has arrived, this long before the
+            callback that plays it (default: one block). The added latency, event to
+            PortAudio, is :attr:`delay_frames` = ``ahead_frames + block + period −
+            gcd(block, period)``.
         latency: PortAudio's suggested latency, seconds or ``"low"``/``"high"``.
         dispatch: applies one posted event to the synth at a block offset; the default
             understands ``("note_on", note, velocity, channel)``, ``("note_off", note,
@@ -157,7 +174,7 @@ class LiveEngine:
         *,
         device: int | str | None = None,
         period_frames: int = 128,
-        ahead_blocks: int = 2,
+        ahead_frames: int | None = None,
         latency: float | str = "low",
         dispatch: Callable[[Synth, tuple, int], None] | None = None,
         capture_s: float = 0.0,
@@ -166,8 +183,9 @@ class LiveEngine:
     ) -> None:
         if not 32 <= period_frames <= 1024:
             raise ValueError(f"period_frames={period_frames} outside 32..1024")
-        if ahead_blocks < 1:
-            raise ValueError(f"ahead_blocks={ahead_blocks} must be >= 1")
+        ahead_frames = synth.block_frames if ahead_frames is None else int(ahead_frames)
+        if ahead_frames < 1:
+            raise ValueError(f"ahead_frames={ahead_frames} must be >= 1")
         self.synth = synth
         self.sample_rate_hz = synth.sample_rate_hz
         self.block_frames = synth.block_frames
@@ -185,14 +203,22 @@ class LiveEngine:
             from .midi import EVENT_DTYPE as MIDI_EVENT
 
             self._midi_buf = np.zeros(256, MIDI_EVENT)
-        self.ring = RingBuffer(ahead_blocks * self.block_frames + period_frames)
-        #: frames from an event's arrival to its output frame: the render thread is never more
-        #: than the ring's capacity ahead of the device, so an event that far ahead is in time
-        self.delay_frames = self.ring.capacity
+        #: frames from an event's arrival to its output frame (constant): the render thread's
+        #: ``ahead_frames``, the block the event falls in, and the worst alignment of a block
+        #: start inside a period (blocks start on multiples of gcd(block, period))
+        self.delay_frames = (
+            ahead_frames
+            + self.block_frames
+            + period_frames
+            - math.gcd(self.block_frames, period_frames)
+        )
+        self.ahead_frames = ahead_frames
+        self.ring = RingBuffer(self.delay_frames + self.block_frames + period_frames)
         self._events: deque[tuple[int, tuple]] = deque(maxlen=4096)
         #: (output frame, event) of the last events the render thread applied
         self.event_log: deque[tuple[int, tuple]] = deque(maxlen=1024)
         self._stream = None
+        self._switch_interval_s: float | None = None
         self._thread: threading.Thread | None = None
         self._running = False
         # clock: frames the callback has consumed; _base_ns is when frame 0 would have been
@@ -252,6 +278,9 @@ class LiveEngine:
             warm_up()
         self._running = True
         self.device_lost = False
+        if self._switch_interval_s is None:
+            self._switch_interval_s = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval_s, _SWITCH_INTERVAL_S))
         self._last_callback_ns = 0
         self._base_ns = float("inf")
         self._window_min_ns = float("inf")
@@ -309,6 +338,9 @@ class LiveEngine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
         self._thread = None
+        if self._switch_interval_s is not None:
+            sys.setswitchinterval(self._switch_interval_s)
+            self._switch_interval_s = None
 
     def reopen(self, device: int | str | None = None) -> None:
         """Stop and start again, on ``device`` if given (after a device vanished)."""
@@ -423,8 +455,18 @@ class LiveEngine:
     # ---- render thread ----------------------------------------------------------------------
 
     def _prefill(self) -> None:
-        while self.ring.writable() >= self.block_frames:
+        while self._due_ns() <= 0 and self.ring.writable() >= self.block_frames:
             self._render_one()
+
+    def _due_ns(self) -> float:
+        """When the next block may be rendered (perf_counter ns): once every event that can
+        fall inside it has arrived, ``delay_frames`` before its end. Before the first
+        callback, at once up to ``delay_frames`` of (silent) lead."""
+        base = self._base_ns  # one read: the callback may move it meanwhile
+        if not math.isfinite(base):
+            return 0.0 if self.ring.readable() + self.block_frames <= self.delay_frames else math.inf
+        end = self._rendered_frames + self._skipped + self.block_frames
+        return base + (end - self.delay_frames) * self._ns_per_frame
 
     def _render_loop(self) -> None:
         # Leave a core to the audio callback, MIDI and the GUI: a numba kernel spread over
@@ -435,10 +477,11 @@ class LiveEngine:
             numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS - 1))
         except ImportError:
             pass
-        sleep_s = self.period_frames / self.sample_rate_hz / 4
+        poll_ns = int(self.period_frames * self._ns_per_frame / 4)
         while self._running:
+            now = time.perf_counter_ns()
             last = self._last_callback_ns
-            if last and not self.device_lost and time.perf_counter_ns() - last > _LOST_AFTER_NS:
+            if last and not self.device_lost and now - last > _LOST_AFTER_NS:
                 self.device_lost = True
                 self.device_errors += 1
                 log.error(
@@ -446,7 +489,8 @@ class LiveEngine:
                     "another with `neirosynth devices`",
                     self.device,
                 )
-            if self.ring.writable() >= self.block_frames:
+            wait_ns = self._due_ns() - now
+            if wait_ns <= 0 and self.ring.writable() >= self.block_frames:
                 try:
                     self._render_one()
                 except Exception:  # noqa: BLE001 - the render thread must survive anything
@@ -454,7 +498,7 @@ class LiveEngine:
                     self.ring.write(np.zeros((self.block_frames, 2), np.float32))
                     self._rendered_frames += self.block_frames
             else:
-                time.sleep(sleep_s)
+                time.sleep(min(max(wait_ns, 20_000), poll_ns) * 1e-9)
 
     def _frame_of(self, arrival_ns: int) -> int:
         """Output frame an event stamped at ``arrival_ns`` plays at."""

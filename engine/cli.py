@@ -163,12 +163,18 @@ def _play(args: argparse.Namespace) -> int:
         midi.open(int(args.midi) if args.midi.isdigit() else args.midi)
         where = f"MIDI input {midi.port_name}"
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
-    engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi)
+    ahead = None if args.ahead_ms is None else max(1, round(args.ahead_ms * 1e-3 * args.sample_rate))
+    try:
+        latency = float(args.latency)
+    except ValueError:
+        latency = args.latency
+    engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi,
+                        ahead_frames=ahead, latency=latency)
     engine.start()
     print(f"playing {preset.name} on {_describe(backend)}: {where}; audio "
           f"{args.sample_rate} Hz, {args.period}-frame periods, output latency "
           f"{engine.output_latency_s * 1e3:.1f} ms + {engine.delay_frames / args.sample_rate * 1e3:.1f} ms "
-          f"ahead. Ctrl-C stops.")
+          f"of ours. Ctrl-C stops.")
     try:
         last_report = time.monotonic()
         while args.seconds is None or time.monotonic() - last_report < args.seconds:
@@ -231,6 +237,11 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--sample-rate", type=int, default=48_000, help="Hz (44100, 48000, 96000)")
     pl.add_argument("--period", type=int, default=128, help="audio frames per callback (32..1024)")
     pl.add_argument("--block", type=int, default=128, help="frames the engine renders at a time")
+    pl.add_argument("--ahead-ms", type=float, default=None,
+                    help="time the engine has to render a block (default: one block); "
+                    "lower for less latency, raise if the stats show underruns")
+    pl.add_argument("--latency", default="low",
+                    help="PortAudio's suggested output latency: seconds, 'low' or 'high'")
     pl.add_argument("--polyphony", type=int, default=16, help="most voices at once")
     pl.add_argument("--tuning", type=Path, default=None, help="Scala scale (.scl)")
     pl.add_argument("--kbm", type=Path, default=None, help="Scala keyboard mapping (.kbm)")

@@ -76,12 +76,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.signal
 
 from . import params as P
 from .block import RECORD_DTYPE, RECORD_RESET, FdtdBackend
 from .kan import KAN, inputs
-from .mixdown import MixInput, MixState, decimation_sos, mix_voices
+from .mixdown import MixInput, MixState, decimation_sos, master_bus, mix_voices
 from .presets import Preset
 from .scala import Tuning
 from .tuning import (
@@ -920,9 +919,10 @@ class Synth:
         drives = blk.drives[v.slot]
         off, pos = segments[-1][0], segments[-1][1]
         v.strike_pos = min(pos + n_frames - off, 1 << 30)
-        striking = any(kick != 0.0 and pos < contact for _, pos, kick, contact, _ in segments)
-        if not striking and not any(sigma > 0.0 for _, sigma in drives):
-            return None
+        if len(segments) == 1 and len(drives) == 1:  # no event in this block: the usual case
+            _, pos, kick, contact, _ = segments[0]
+            if (kick == 0.0 or pos >= contact) and drives[0][1] <= 0.0:
+                return None
         force = self._force
         force[:] = 0.0
         t = self._frame_t
@@ -966,23 +966,9 @@ class Synth:
         mi.change_first[n] = c
 
     def _finish(self, mix: np.ndarray) -> np.ndarray:
-        # DC blocker y[n] = x[n] − x[n−1] + r·y[n−1], per channel
-        for ch in range(2):
-            x = mix[:, ch]
-            b = np.array([1.0, -1.0])
-            a = np.array([1.0, -self._dc_r])
-            zi = np.array([self._dc_r * self._dc_y[ch] - self._dc_x[ch]])
-            y, _ = scipy.signal.lfilter(b, a, x, zi=zi)
-            self._dc_x[ch] = x[-1]
-            self._dc_y[ch] = y[-1]
-            mix[:, ch] = y
-        over = np.abs(mix) > _LIMIT_KNEE
-        if np.any(over):
-            head = 1.0 - _LIMIT_KNEE
-            mix[over] = np.sign(mix[over]) * (
-                _LIMIT_KNEE + head * np.tanh((np.abs(mix[over]) - _LIMIT_KNEE) / head) * 0.999
-            )
-        return mix.astype(np.float32)
+        out = np.empty((self.block_frames, 2), np.float32)
+        master_bus(mix, self._dc_x, self._dc_y, self._dc_r, _LIMIT_KNEE, out)
+        return out
 
 
 def constant_source(params: np.ndarray) -> ParamSource:

@@ -98,7 +98,7 @@ def test_events_keep_their_spacing_to_the_sample(jack_output):
 
     synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000)
     # 8 blocks ahead: headroom for a loaded test machine (the spacing does not depend on it)
-    engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_blocks=8, capture_s=4.0)
+    engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_frames=8 * 128, capture_s=4.0)
     engine.start()
     time.sleep(1.3)  # past the clock's first 1 s window, in which its estimate still settles
     t = time.perf_counter_ns()
@@ -190,7 +190,7 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
     midi = MidiInput(api="jack", client_name="neirosynth-test")
     midi.open_virtual("in")
     synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000, release_s=0.05)
-    engine = LiveEngine(synth, device=jack_output, midi=midi, ahead_blocks=4, capture_s=4.0)
+    engine = LiveEngine(synth, device=jack_output, midi=midi, ahead_frames=4 * 128, capture_s=4.0)
     # connect first: a JACK graph change stalls the dummy driver for a moment
     sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sender")
     port = [i for i, name in enumerate(sender.get_ports()) if "neirosynth-test" in name]

@@ -1,0 +1,135 @@
+"""The synth's own cost per block, beside the FDTD pass: what live play spends outside the kernel.
+
+For 1–64 sounding voices of a preset (a new note every 10 blocks, pitch bends, so events,
+strikes and coefficient ramps are in the mix), renders 128-frame blocks and splits each
+``Synth.render_block`` into the backend's ``run`` (the FDTD pass and its readback) and the
+rest (events, records, force, decimation, output matrix, mix, limiter). Two output stages side
+by side, same run: the compiled one the synth uses (:func:`engine.mixdown.mix_voices`) and its
+numpy/scipy twin (:func:`engine.mixdown.mix_voices_reference`, the naive version).
+
+Run: ``.venv/bin/python bench/synth_block.py [--backend cpu|gpu] [--voices 1 8 32 64]``.
+Appends a section to bench/RESULTS.md with device and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RATE = 48_000
+
+
+def measure(backend, preset, voices: int, blocks: int, mixer) -> dict[str, float]:
+    import engine.synth as synth_mod
+
+    synth_mod.mix_voices = mixer
+    synth = synth_mod.Synth(backend, preset, sample_rate_hz=RATE, max_polyphony=voices)
+    run = backend.run
+    spent = [0]
+
+    def timed(plan):
+        t = time.perf_counter_ns()
+        out = run(plan)
+        spent[0] += time.perf_counter_ns() - t
+        return out
+
+    backend.run = timed
+    try:
+        for i in range(voices):
+            synth.note_on(40 + i % 48, 0.8, i % 16, offset=i % backend.block_frames)
+        for _ in range(10):
+            synth.render_block()
+        total, kernel = [], []
+        for k in range(blocks):
+            if k % 10 == 0:
+                synth.note_on(40 + (k // 10) % 48, 0.7, 0, offset=k % backend.block_frames)
+            if k % 4 == 1:
+                synth.pitch_bend(((k % 9) - 4) / 8, channel=k % 16, offset=17)
+            spent[0] = 0
+            t = time.perf_counter_ns()
+            synth.render_block()
+            total.append(time.perf_counter_ns() - t)
+            kernel.append(spent[0])
+        total_us, kernel_us = np.array(total) / 1e3, np.array(kernel) / 1e3
+        rest = total_us - kernel_us
+        return {
+            "sounding": synth.active_voices,
+            "total_median_us": float(np.median(total_us)),
+            "run_median_us": float(np.median(kernel_us)),
+            "rest_median_us": float(np.median(rest)),
+            "rest_p99_us": float(np.percentile(rest, 99)),
+        }
+    finally:
+        backend.run = run
+        synth_mod.mix_voices = MIXERS["compiled"]
+
+
+MIXERS: dict = {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--voices", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--blocks", type=int, default=300)
+    ap.add_argument("--preset", default="plate")
+    ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+
+    from engine.backends import open_backend
+    from engine.mixdown import mix_voices, mix_voices_reference
+    from engine.presets import find_preset, load_preset
+
+    MIXERS.update(compiled=mix_voices, reference=mix_voices_reference)
+    preset = load_preset(find_preset(args.preset))
+    backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=max(args.voices),
+                           block_frames=128)
+    if hasattr(backend, "warm_up"):
+        backend.warm_up()
+    rows = []
+    for voices in args.voices:
+        got = {name: measure(backend, preset, voices, args.blocks, fn) for name, fn in MIXERS.items()}
+        rows.append((voices, got))
+        c, r = got["compiled"], got["reference"]
+        print(f"{voices} voices: rest {c['rest_median_us']:.0f} µs (reference {r['rest_median_us']:.0f}), "
+              f"run {c['run_median_us']:.0f} µs", flush=True)
+
+    summary = getattr(backend, "adapter_summary", None) or f"numba, {os.cpu_count()} cores"
+    date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [
+        f"### synth per block — {platform.node()} ({os.cpu_count()} cores), "
+        f"{type(backend).__name__}, {summary} — {date}",
+        "",
+        f"128-frame blocks of the {args.preset} preset at 48 kHz, {args.blocks} blocks a row; µs a "
+        "block, medians. *rest* is everything `Synth.render_block` does besides the backend's "
+        "`run` (FDTD pass and readback); budget for real time: 2667 µs a block.",
+        "",
+        "| voices | sounding | run µs | rest µs (compiled mix) | rest p99 µs | rest µs (numpy mix) | numpy/compiled | total µs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for voices, got in rows:
+        c, r = got["compiled"], got["reference"]
+        lines.append(
+            f"| {voices} | {c['sounding']} | {c['run_median_us']:.0f} | {c['rest_median_us']:.0f} | "
+            f"{c['rest_p99_us']:.0f} | {r['rest_median_us']:.0f} | "
+            f"{r['rest_median_us'] / c['rest_median_us']:.1f} | {c['total_median_us']:.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
+            f.write("\n## bench/synth_block.py\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
