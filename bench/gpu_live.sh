@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# The live benchmarks on the NVIDIA machine (after prepare.sh --audio's two lines): latency and
-# a soak on the GPU backend through a JACK dummy server; RESULTS.md goes to $OUT.
+# The live benchmarks on the NVIDIA machine (after prepare.sh --audio's two lines): the synth's
+# per-block cost, latency at several render budgets, and soaks on the GPU backend through a
+# JACK dummy server; RESULTS.md goes to $OUT. SOAK_MINUTES=0 skips the soaks.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XDG_RUNTIME_DIR=$(mktemp -d)
 printf '# Benchmark results\n' > bench/RESULTS.md
-python3 bench/latency.py --notes 200 --backend gpu --ahead 1 2>&1 | tee "$OUT/latency.log"
-python3 bench/latency.py --notes 200 --backend gpu --ahead 2 2>&1 | tee -a "$OUT/latency.log"
-python3 bench/soak.py --minutes "${SOAK_MINUTES:-3}" --polyphony 32 --backend gpu 2>&1 | tee "$OUT/soak.log"
+[ -n "${SYNTH_BLOCK-1}" ] && python3 bench/synth_block.py --backend gpu 2>&1 | tee "$OUT/synth_block.log"
+for ahead in ${AHEADS:-128 96 64}; do
+  python3 bench/latency.py --notes 200 --backend gpu --ahead "$ahead" 2>&1 | tee -a "$OUT/latency.log"
+done
+if [ "${SOAK_MINUTES:-3}" != 0 ]; then
+  for readback in ${READBACKS:-poll}; do
+    python3 bench/soak.py --minutes "${SOAK_MINUTES:-3}" --polyphony 32 --backend gpu \
+      --ahead "${SOAK_AHEAD:-96}" --readback "$readback" 2>&1 | tee -a "$OUT/soak.log"
+  done
+fi
 cp bench/RESULTS.md "$OUT/RESULTS.md"

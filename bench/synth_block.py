@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 RATE = 48_000
 
 
-def measure(backend, preset, voices: int, blocks: int, mixer) -> dict[str, float]:
+def measure(backend, preset, voices: int, blocks: int, mixer, gap_s: float = 0.0) -> dict[str, float]:
     import engine.synth as synth_mod
 
     synth_mod.mix_voices = mixer
@@ -56,6 +56,12 @@ def measure(backend, preset, voices: int, blocks: int, mixer) -> dict[str, float
             if k % 4 == 1:
                 synth.pitch_bend(((k % 9) - 4) / 8, channel=k % 16, offset=17)
             spent[0] = 0
+            if gap_s > 0:
+                time.sleep(gap_s)
+            elif gap_s < 0:  # busy-wait instead of sleeping
+                until = time.perf_counter() - gap_s
+                while time.perf_counter() < until:
+                    pass
             t = time.perf_counter_ns()
             synth.render_block()
             total.append(time.perf_counter_ns() - t)
@@ -83,6 +89,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=300)
     ap.add_argument("--preset", default="plate")
     ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
+    ap.add_argument("--gaps-ms", type=float, nargs="*", default=[],
+                    help="also time blocks with these pauses between them (GPU readback modes)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -104,6 +112,15 @@ def main() -> None:
         print(f"{voices} voices: rest {c['rest_median_us']:.0f} µs (reference {r['rest_median_us']:.0f}), "
               f"run {c['run_median_us']:.0f} µs", flush=True)
 
+    for gap in args.gaps_ms:
+        for mode in ("thread", "spin") if hasattr(backend, "readback") else ("-",):
+            if mode != "-":
+                backend.readback = mode
+            got = measure(backend, preset, max(args.voices), args.blocks, MIXERS["compiled"], gap / 1e3)
+            print(f"gap {gap} ms, readback {mode}: run median {got['run_median_us']:.0f} µs, "
+                  f"rest {got['rest_median_us']:.0f} µs", flush=True)
+        if hasattr(backend, "readback"):
+            backend.readback = "spin"
     summary = getattr(backend, "adapter_summary", None) or f"numba, {os.cpu_count()} cores"
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [

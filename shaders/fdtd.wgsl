@@ -7,16 +7,19 @@
 // Stable while (C² + 2η)·max(s) < 0.5; the host refuses records that break it.
 // Boundary: the ghost cell outside an edge holds b·u_edge (b = 0 clamped, b = 1 free).
 //
-// Layout: one workgroup per voice (workgroup_id.x indexes `headers`). The two time levels of
-// the voice live in workgroup memory (2·N²·4 bytes = 32 KiB at N = 64, lavapipe's limit).
-// Each of the N²/4 invocations owns the CELLS = 4 cells c = t + k·WORKGROUP_SIZE and keeps, in
-// registers, their coefficients and the previous step's Laplacian Lu⁻; so a step reads
-// neighbours of u only, writes u⁺ over its own u⁻ cell, and needs a single barrier. The four
-// cells are updated by four calls with constant k, not a loop: with a loop the per-cell arrays
-// are indexed dynamically and compilers keep them in slow local memory (1.9 → 1.15 µs a step
-// for one voice on an H200; on lavapipe a loop also spends its per-invocation loop budget). The levels rotate by step
-// parity; nothing is copied. Pickups are bilinear reads after every step, written to
-// `pickups[out_offset + channel·n_fine + k]`. At the end both levels go back to `fields`.
+// Layout: one workgroup per voice (workgroup_id.x indexes `headers`). Each of the N²/4
+// invocations owns a vertical strip of CELLS = 4 cells — column j = t mod N, rows
+// 4·(t div N) … +3 — and keeps in registers their u, u⁻, coefficients and previous Laplacian
+// Lu⁻. Workgroup memory holds two copies of the field (2·N²·4 bytes = 32 KiB at N = 64,
+// lavapipe's limit): a step reads the current level's left/right neighbours (and the cells
+// above and below the strip) from one copy and writes u⁺ into the other; the vertical
+// neighbours inside the strip and the cell's own u and u⁻ come from registers. That is about
+// 2.5 workgroup-memory reads a cell instead of 6, and a single barrier a step. The four
+// cells are updated by calls with constant k, not a loop: with a loop the per-cell arrays are
+// indexed dynamically and compilers keep them in slow local memory (on lavapipe a loop also
+// spends its per-invocation loop budget). The copies swap by step parity; nothing is copied.
+// Pickups are bilinear reads after every step, written to
+// `pickups[out_offset + channel·n_fine + k]`. At the end u⁻ and u go back to `fields`.
 //
 // Buffers (engine/block.py defines the host side):
 //   headers  VoiceHeader per dispatched voice          maps    [slot][stiffness, damping][N][N]
@@ -63,9 +66,17 @@ var<private> coef_l: array<f32, CELLS>;
 var<private> coef_e: array<f32, CELLS>;
 var<private> coef_f: array<f32, CELLS>;
 var<private> lu_prev: array<f32, CELLS>;
+var<private> u: array<f32, CELLS>;
+var<private> u_prev: array<f32, CELLS>;
 var<private> boundary: f32;
 var<private> pick: vec4<f32>;
 
+// Cell k of invocation t: row 4·(t div N) + k, column t mod N.
+fn cell(k: u32, t: u32) -> u32 {
+    return ((t / GRID_N) * CELLS + k) * GRID_N + t % GRID_N;
+}
+
+// Laplacian of the level at `base` in workgroup memory, every neighbour read from there.
 fn laplacian(base: u32, c: u32) -> f32 {
     let i = c / GRID_N;
     let j = c % GRID_N;
@@ -81,7 +92,7 @@ fn laplacian(base: u32, c: u32) -> f32 {
 
 // The coefficients of cell k of this invocation under a record (k is a constant at each call).
 fn cell_coefficients(rec: VoiceRecord, k: u32, t: u32) {
-    let c = t + k * WORKGROUP_SIZE;
+    let c = cell(k, t);
     let base_a = rec.map_a * 2u * NN;
     let base_b = rec.map_b * 2u * NN;
     let s = mix(maps[base_a + c], maps[base_b + c], rec.morph);
@@ -107,14 +118,35 @@ fn apply_record(r: u32, t: u32) -> bool {
     return (rec.flags & RECORD_RESET) != 0u;
 }
 
-// One leapfrog update of cell k of this invocation: u⁺ is written over its u⁻.
-fn step_cell(k: u32, t: u32, cur: u32, prev: u32, kick: f32) {
-    let c = t + k * WORKGROUP_SIZE;
-    let lu = laplacian(cur, c);
+// Zero both levels of the voice (registers and workgroup memory) and Lu⁻.
+fn reset_cells(t: u32) {
+    for (var k = 0u; k < CELLS; k++) {
+        let c = cell(k, t);
+        field[c] = 0.0;
+        field[NN + c] = 0.0;
+    }
+    u = array<f32, CELLS>();
+    u_prev = array<f32, CELLS>();
+    lu_prev = array<f32, CELLS>();
+}
+
+// u⁺ of cell k (k constant at each call) from the level at `cur`; `up`/`down` are the
+// vertical neighbours (registers inside the strip), `edge_up`/`edge_down` say whether they
+// lie outside the grid (then the ghost b·u stands in).
+fn step_cell(k: u32, t: u32, cur: u32, up: f32, down: f32, kick: f32) -> f32 {
+    let c = cell(k, t);
+    let j = t % GRID_N;
+    let uc = u[k];
+    var sum = up + down;
+    var missing = 0.0;
+    if (j > 0u) { sum += field[cur + c - 1u]; } else { missing += 1.0; }
+    if (j < GRID_N - 1u) { sum += field[cur + c + 1u]; } else { missing += 1.0; }
+    let lu = sum + (missing * boundary - 4.0) * uc;
     let a = coef_a[k];
-    field[prev + c] = a * field[cur + c] + (1.0 - a) * field[prev + c] + coef_l[k] * lu
+    let next = a * uc + (1.0 - a) * u_prev[k] + coef_l[k] * lu
         + coef_e[k] * (lu - lu_prev[k]) + coef_f[k] * kick;
     lu_prev[k] = lu;
+    return next;
 }
 
 fn bilinear(base: u32, x: f32, y: f32) -> f32 {
@@ -133,26 +165,35 @@ fn bilinear(base: u32, x: f32, y: f32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let h = headers[wid.x];
     let state = h.slot * 2u * NN;
-    // Time level u⁻ sits at `prev`, u at `cur`; they swap every step.
-    var prev = 0u;
+    // Workgroup memory: the current level u at `cur`; u⁺ is written at `nxt`. At the start
+    // u⁻ sits at `nxt`, for the Laplacian Lu⁻.
+    var nxt = 0u;
     var cur = NN;
     for (var k = 0u; k < CELLS; k++) {
-        let c = t + k * WORKGROUP_SIZE;
+        let c = cell(k, t);
         field[c] = fields[state + c];
         field[NN + c] = fields[state + NN + c];
     }
+    u[0] = field[NN + cell(0u, t)];
+    u[1] = field[NN + cell(1u, t)];
+    u[2] = field[NN + cell(2u, t)];
+    u[3] = field[NN + cell(3u, t)];
+    u_prev[0] = field[cell(0u, t)];
+    u_prev[1] = field[cell(1u, t)];
+    u_prev[2] = field[cell(2u, t)];
+    u_prev[3] = field[cell(3u, t)];
     if (apply_record(h.record, t)) {
-        for (var k = 0u; k < CELLS; k++) {
-            let c = t + k * WORKGROUP_SIZE;
-            field[c] = 0.0;
-            field[NN + c] = 0.0;
-        }
+        reset_cells(t);
     }
     workgroupBarrier();
-    lu_prev[0] = laplacian(prev, t);
-    lu_prev[1] = laplacian(prev, t + WORKGROUP_SIZE);
-    lu_prev[2] = laplacian(prev, t + 2u * WORKGROUP_SIZE);
-    lu_prev[3] = laplacian(prev, t + 3u * WORKGROUP_SIZE);
+    lu_prev[0] = laplacian(nxt, cell(0u, t));
+    lu_prev[1] = laplacian(nxt, cell(1u, t));
+    lu_prev[2] = laplacian(nxt, cell(2u, t));
+    lu_prev[3] = laplacian(nxt, cell(3u, t));
+    // the strip's top and bottom rows: are the cells above / below inside the grid?
+    let top_row = (t / GRID_N) * CELLS;
+    let has_up = top_row > 0u;
+    let has_down = top_row + CELLS < GRID_N;
 
     let os = h.steps_per_sample;
     let n_fine = h.n_samples * os;
@@ -166,25 +207,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (e.sample != n) { break; }
             workgroupBarrier();
             if (apply_record(e.record, t)) {
-                for (var k = 0u; k < CELLS; k++) {
-                    let c = t + k * WORKGROUP_SIZE;
-                    field[c] = 0.0;
-                    field[NN + c] = 0.0;
-                }
-                lu_prev = array<f32, CELLS>();
+                reset_cells(t);
             }
             workgroupBarrier();
             ev++;
         }
         let kick = force[h.force_offset + n];
         for (var sub = 0u; sub < os; sub++) {
-            step_cell(0u, t, cur, prev, kick);
-            step_cell(1u, t, cur, prev, kick);
-            step_cell(2u, t, cur, prev, kick);
-            step_cell(3u, t, cur, prev, kick);
+            // neighbours beyond the strip, or the ghost b·u at the grid's edge
+            let c0 = cell(0u, t);
+            let c3 = cell(3u, t);
+            var above = boundary * u[0];
+            if (has_up) { above = field[cur + c0 - GRID_N]; }
+            var below = boundary * u[3];
+            if (has_down) { below = field[cur + c3 + GRID_N]; }
+            let n0 = step_cell(0u, t, cur, above, u[1], kick);
+            let n1 = step_cell(1u, t, cur, u[0], u[2], kick);
+            let n2 = step_cell(2u, t, cur, u[1], u[3], kick);
+            let n3 = step_cell(3u, t, cur, u[2], below, kick);
+            field[nxt + c0] = n0;
+            field[nxt + cell(1u, t)] = n1;
+            field[nxt + cell(2u, t)] = n2;
+            field[nxt + c3] = n3;
+            u_prev = u;
+            u = array<f32, CELLS>(n0, n1, n2, n3);
             workgroupBarrier();
-            let tmp = prev;
-            prev = cur;
+            let tmp = nxt;
+            nxt = cur;
             cur = tmp;
             if (t == 0u) {
                 pickups[h.out_offset + step] = bilinear(cur, pick.x, pick.y);
@@ -194,9 +243,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             step++;
         }
     }
-    for (var k = 0u; k < CELLS; k++) {
-        let c = t + k * WORKGROUP_SIZE;
-        fields[state + c] = field[prev + c];
-        fields[state + NN + c] = field[cur + c];
-    }
+    fields[state + cell(0u, t)] = u_prev[0];
+    fields[state + cell(1u, t)] = u_prev[1];
+    fields[state + cell(2u, t)] = u_prev[2];
+    fields[state + cell(3u, t)] = u_prev[3];
+    fields[state + NN + cell(0u, t)] = u[0];
+    fields[state + NN + cell(1u, t)] = u[1];
+    fields[state + NN + cell(2u, t)] = u[2];
+    fields[state + NN + cell(3u, t)] = u[3];
 }
