@@ -43,7 +43,11 @@ Safety: a block that is not finite, or reaches full scale, is replaced by silenc
 enters the ring, and the offending voices are reset by the synth's own guard; the synth's
 limiter keeps the mix below full scale.
 
-Public API: ``RingBuffer``, ``LiveEngine``, ``AudioDeviceError``, ``list_output_devices``.
+Devices: PortAudio reads the system's devices once; :meth:`LiveEngine.reopen` with ``rescan``
+re-reads them, so an interface plugged in (or replugged) while NeiroSynth runs can be opened.
+
+Public API: ``RingBuffer``, ``LiveEngine``, ``AudioDeviceError``, ``list_output_devices``,
+``rescan_devices``.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ import numpy as np
 
 from .synth import Synth
 
-__all__ = ["RingBuffer", "LiveEngine", "AudioDeviceError", "list_output_devices"]
+__all__ = ["RingBuffer", "LiveEngine", "AudioDeviceError", "list_output_devices", "rescan_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,35 @@ class RingBuffer:
             out[n:] = 0.0
         self._read += n
         return n
+
+
+def rescan_devices(timeout_s: float = 5.0) -> None:
+    """Re-read the system's audio devices: PortAudio reads them once, when it initialises,
+    so a device plugged in later is not seen until it is terminated and initialised again
+    (the way sounddevice's author recommends, python-sounddevice issue #125). Call it with
+    no stream open.
+
+    Raises:
+        AudioDeviceError: PortAudio did not answer within ``timeout_s``. Its JACK host hangs
+            in ``Pa_Terminate`` once the JACK server it was connected to has died; then only
+            a restart of the program gets audio back.
+
+    Thread: any but the audio callback's; the caller's stream must be closed.
+    """
+    import sounddevice as sd
+
+    def refresh() -> None:
+        sd._terminate()
+        sd._initialize()
+
+    worker = threading.Thread(target=refresh, name="neirosynth-audio-rescan", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise AudioDeviceError(
+            "PortAudio did not answer while re-reading the audio devices (its JACK host hangs "
+            "once its JACK server has died); restart NeiroSynth to get audio back"
+        )
 
 
 def list_output_devices() -> list[dict[str, Any]]:
@@ -218,6 +251,8 @@ class LiveEngine:
         #: (output frame, event) of the last events the render thread applied
         self.event_log: deque[tuple[int, tuple]] = deque(maxlen=1024)
         self._stream = None
+        #: the name of the device the stream last opened (a reopen after a rescan uses it)
+        self.device_name: str | None = None
         self._switch_interval_s: float | None = None
         self._thread: threading.Thread | None = None
         self._running = False
@@ -304,6 +339,7 @@ class LiveEngine:
                 finished_callback=self._finished,
             )
             self._stream.start()
+            self.device_name = str(sd.query_devices(self._stream.device)["name"])
         except (sd.PortAudioError, ValueError) as exc:
             self.stop()
             raise AudioDeviceError(
@@ -342,9 +378,19 @@ class LiveEngine:
             sys.setswitchinterval(self._switch_interval_s)
             self._switch_interval_s = None
 
-    def reopen(self, device: int | str | None = None) -> None:
-        """Stop and start again, on ``device`` if given (after a device vanished)."""
+    def reopen(self, device: int | str | None = None, *, rescan: bool = False) -> None:
+        """Stop and start again, on ``device`` if given (after a device vanished); with
+        ``rescan``, re-read the system's devices first (:func:`rescan_devices`), so that a
+        device plugged in since the start can be opened.
+
+        Raises:
+            AudioDeviceError: the device cannot be opened, or PortAudio hung re-reading.
+        """
         self.stop()
+        if rescan:
+            rescan_devices()
+            if device is None and isinstance(self.device, int) and self.device_name:
+                device = self.device_name  # indices change when devices come and go
         if device is not None:
             self.device = device
         self.start()

@@ -142,7 +142,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     import time
 
-    from .audio import LiveEngine
+    from .audio import AudioDeviceError, LiveEngine
     from .backends import open_backend
     from .midi import MidiInput
     from .presets import find_preset, load_preset
@@ -183,12 +183,15 @@ def _play(args: argparse.Namespace) -> int:
             if changes.added or changes.removed or changes.lost:
                 print(f"MIDI ports: +{list(changes.added)} -{list(changes.removed)}"
                       + (f" lost {changes.lost}" if changes.lost else ""))
-            if engine.device_lost:
-                print("audio device lost; trying to reopen it")
+            if not engine.running:  # the device vanished, or a reopen failed
+                print("audio device lost; trying to reopen it (re-reading the devices)")
                 try:
-                    engine.reopen()
-                except Exception as exc:  # noqa: BLE001 - keep running, try again later
+                    engine.reopen(rescan=True)
+                    print(f"audio back on {engine.device!r}")
+                except AudioDeviceError as exc:  # keep running (MIDI too), try again later
                     print(f"reopen failed: {exc}")
+                    if "restart NeiroSynth" in str(exc):
+                        return 1
                     time.sleep(2.0)
     except KeyboardInterrupt:
         pass

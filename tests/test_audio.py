@@ -220,4 +220,55 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
     # JACK hands MIDI over once per process cycle (256 frames here) and the sender sleeps in
     # Python: the spacing holds to about a cycle (the exact mapping is tested above)
     gaps = np.diff([f for f, _ in ons])
-    assert np.all(np.abs(gaps - 28_800) < 512), f"notes 0.6 s apart landed {gaps} frames apart"
+    assert np.all(np.abs(gaps - 28_800) < 512), (
+        f"notes 0.6 s apart landed {gaps} frames apart; {engine.stats()}; {list(engine.event_log)}"
+    )
+
+
+PLUG = textwrap.dedent(
+    """
+    import json, os, secrets, sys, time
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    name = "neirotest-plug-" + secrets.token_hex(3)
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    from engine.audio import AudioDeviceError, LiveEngine
+    from engine.cpu import CpuFdtd
+    from engine.synth import Synth
+    from jack import start_jack_server
+    from test_audio import _preset
+    engine = LiveEngine(Synth(CpuFdtd(32, 2, 128), _preset()), device="system")
+    try:
+        engine.start()
+        first = "opened"
+    except AudioDeviceError as exc:
+        first = "error: " + str(exc)[:200]
+    server = start_jack_server(name=name, sample_rate=48_000, period=256)  # plugged in
+    try:
+        engine.reopen(rescan=True)
+        engine.post(("note_on", 60, 100, 0))
+        time.sleep(0.6)
+        result = {{"first": first, "running": engine.running, "frames": engine.stats()["frames"],
+                   "peak": engine.peak}}
+        engine.stop()
+        import sounddevice as sd
+        sd._terminate()
+    finally:
+        server.stop()
+    print(json.dumps(result), flush=True)
+    """
+)
+
+
+def test_a_device_plugged_in_after_start_is_found_by_a_rescan(tmp_path):
+    """No audio device at start (no JACK server): a clear error; a server started afterwards
+    (the device plugged in) is found by ``reopen(rescan=True)`` and plays."""
+    script = tmp_path / "plug.py"
+    script.write_text(PLUG.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, out.stdout + out.stderr
+    result = json.loads(lines[-1])
+    assert result["first"].startswith("error: could not open audio output 'system'"), result
+    assert result["running"] and result["frames"] > 0.3 * 48_000, result
+    assert 1e-4 < result["peak"] < 1.0, result
