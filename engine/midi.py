@@ -129,10 +129,10 @@ set every member's value, and manager sustain, all-notes-off and all-sound-off a
 member channel. Without a zone every channel is an ordinary channel with its own bend range.
 
 :class:`MidiRouter` turns this into ``Synth`` calls: ``note_on``/``note_off``/``sustain``/
-``pitch_bend``/``all_notes_off`` (``pitch_bend`` gets the channel's total pitch divided by the
-synth's ``bend_range_semitones``, clipped to ±1 and counted when clipped), and, only when the
-synth has them, ``set_mod_wheel``, ``set_pressure``, ``set_slide`` (value, channel and offset,
-matched by parameter name) and ``all_sound_off``. Poly pressure is kept per note in
+``pitch_bend``/``all_notes_off``/``all_sound_off`` (``pitch_bend`` gets the channel's total pitch
+divided by the synth's ``bend_range_semitones``, clipped to ±1 and counted when clipped), and,
+only when the synth has them, ``set_mod_wheel``, ``set_pressure``, ``set_slide`` (value, channel
+and offset, matched by parameter name). Poly pressure is kept per note in
 ``MpeState`` but not routed (the synth has no per-note pressure call yet).
 
 Hot-plug
@@ -750,7 +750,7 @@ class MidiRouter:
         self._synth = synth
         self._optional = {
             name: _optional_method(synth, name)
-            for name in ("set_mod_wheel", "set_pressure", "set_slide", "all_sound_off")
+            for name in ("set_mod_wheel", "set_pressure", "set_slide")
         }
         self._sent_bend[:] = 0.0  # a synth starts unbent
 
@@ -789,12 +789,8 @@ class MidiRouter:
             for c in mpe.affected(ch):
                 synth.all_notes_off(c, offset)
         elif kind == Kind.ALL_SOUND_OFF:
-            opt = self._optional.get("all_sound_off")
             for c in mpe.affected(ch):
-                if opt is not None:
-                    opt[0](c, 0.0, offset)
-                else:
-                    synth.all_notes_off(c, offset)
+                synth.all_sound_off(c, offset)
         elif kind == Kind.MOD_WHEEL:
             self._call_optional("set_mod_wheel", mpe.affected(ch), value, offset)
         elif kind == Kind.CHANNEL_PRESSURE:

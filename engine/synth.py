@@ -53,12 +53,19 @@ Per voice:
   stability bound (counted in ``stats["clamped"]``), or, for a retrigger, restarted as a steal.
 * **Release** — note off (or pedal up) adds the release damping; a released voice below
   −90 dBFS over a whole block is freed.
-* **Stealing** — when every voice is busy the oldest released voice, else the oldest voice, is
-  taken. It is not cut: its output fades to zero over 3 ms (linear gain ramp) from the note-on
+* **Stealing** — when every voice is busy the oldest released voice, else the quietest (then
+  oldest) sounding voice is taken (the policy and the voices' bookkeeping are
+  :class:`engine.voices.VoicePool`'s: "quietest" is the peak over the voice's last block, levels
+  within 10 dB of the quietest count as equal, a note struck since counts as loud). It is not
+  cut: its output fades to zero over 3 ms (linear gain ramp) from the note-on
   sample, and the new note's RESET and strike come at the end of the fade. When the new note
   needs another oversampling factor the start waits further, for the first block boundary after
   the fade (the decimation filter cannot change rate under a sounding voice). A stolen note
   therefore starts 3 ms late (at most 3 ms + one block); every other event is sample-exact.
+* **All sound off** (CC120, :meth:`Synth.all_sound_off`) — every voice of the channel fades to
+  zero over the same 3 ms from the event's sample (a voice already fading keeps its fade), its
+  pending note is dropped, the channel's pedal is lifted, and the voice is freed at the first
+  block boundary after the fade. All notes off (CC123) only releases.
 
 The mix is summed, DC-blocked (a free body can drift) and soft-limited so it never reaches
 full scale.
@@ -92,6 +99,7 @@ from .tuning import (
     lowest_mode,
     solve_c2,
 )
+from .voices import Voice, VoicePool
 
 __all__ = ["Synth", "ParamSource", "constant_source", "note_to_hz", "STEAL_FADE_S"]
 
@@ -102,8 +110,6 @@ ParamSource = Callable[[np.ndarray], np.ndarray]
 
 #: Loudness calibration: the fundamental of a centre strike at full force peaks near this.
 _KICK_GAIN = 600.0
-#: A released voice quieter than this over a whole block is freed (−90 dBFS).
-_FREE_LEVEL = 10.0 ** (-90.0 / 20.0)
 #: Soft limiter: linear below this level, tanh above it, never reaching 1.0.
 _LIMIT_KNEE = 0.8
 #: A stolen voice fades out over this long before the new note starts.
@@ -162,16 +168,9 @@ class _Tone:
 
 
 @dataclass
-class _Voice:
-    slot: int
-    active: bool = False
-    # the newest note on this voice (the pending one while a steal fades)
-    note: int = -1
-    channel: int = 0
-    released: bool = False
-    held_by_pedal: bool = False
-    started_at: int = 0
-    released_at: int = 0
+class _Voice(Voice):
+    """A voice's physics on top of its bookkeeping (:class:`engine.voices.Voice`)."""
+
     tone: _Tone | None = None
     pending: _Tone | None = None
     pending_at: int = 0
@@ -274,9 +273,10 @@ class Synth:
         self.bend_range_semitones = float(bend_range_semitones)
         self.tuning = tuning
         n_voices = min(max_polyphony or backend.max_voices, backend.max_voices)
-        self.voices = [
-            _Voice(slot=i, rng=np.random.default_rng(0x5EED + i)) for i in range(n_voices)
-        ]
+        self._pool: VoicePool[_Voice] = VoicePool(
+            [_Voice(slot=i, rng=np.random.default_rng(0x5EED + i)) for i in range(n_voices)]
+        )
+        self.voices = self._pool.voices
         self.plan = backend.new_plan()
         backend.upload_map(0, preset.stiffness, preset.damping_per_s)
         target = morph_to or preset
@@ -372,7 +372,14 @@ class Synth:
         self._queue(_Pending(offset, "slide", 0, channel, _unit(value, "slide")))
 
     def all_notes_off(self, channel: int = 0, offset: int = 0) -> None:
+        """Release every note of ``channel`` (CC123): they ring out with their release."""
         self._queue(_Pending(offset, "all_off", 0, channel))
+
+    def all_sound_off(self, channel: int = 0, offset: int = 0) -> None:
+        """Silence ``channel`` now (CC120): its voices fade to zero over :data:`STEAL_FADE_S`
+        from ``offset`` (no click) and are then freed; notes waiting to start on them are
+        dropped and the channel's sustain pedal is lifted."""
+        self._queue(_Pending(offset, "sound_off", 0, channel))
 
     def set_morph(self, weight: float | None) -> None:
         """Override the ``morph`` parameter (0..1) of notes struck from now on; ``None`` stops."""
@@ -392,7 +399,7 @@ class Synth:
 
     @property
     def active_voices(self) -> int:
-        return sum(v.active for v in self.voices)
+        return self._pool.active_count
 
     def _queue(self, ev: _Pending) -> None:
         if not 0 <= ev.offset < self.block_frames:
@@ -657,6 +664,7 @@ class Synth:
         in_block = v.slot in blk.records
         v.tone, v.pending = t, None
         v.active = True
+        self._pool.struck(v, blk.t0 + offset)
         t.glide_cents = _initial_glide(t.params)
         t.glide_at = blk.t0 + offset
         self._fill_record(t)
@@ -686,8 +694,8 @@ class Synth:
         note, ch, vel = ev.a, ev.b, ev.value
         blk = self._blk
         at = blk.t0 + offset
-        v, kind = self._allocate(note, ch)
-        stolen = kind == "steal"
+        v, kind = self._pool.allocate(note, ch)
+        stolen = kind == "steal" and not v.stopping  # a voice fading out for good is no loss
         if kind == "retrigger" and v.pending is not None:
             t = self._plan(note, ch, vel, ev.params, v.pending.steps)
             if t is not None:
@@ -724,9 +732,7 @@ class Synth:
             blk.push(start - blk.t0, 0, ("start", v))
 
     def _mark_started(self, v: _Voice, note: int, ch: int, at: int) -> None:
-        v.note, v.channel = note, ch
-        v.released = v.held_by_pedal = False
-        v.started_at = at
+        self._pool.start(v, note, ch, at)
         self.stats["notes"] += 1
 
     def _start_pending(self, v: _Voice, offset: int) -> None:
@@ -739,23 +745,8 @@ class Synth:
         if released:
             self._release_tone(v, offset, thump=False)
 
-    def _allocate(self, note: int, channel: int) -> tuple[_Voice, str]:
-        for v in self.voices:  # the same note retriggered reuses its voice
-            if v.active and v.note == note and v.channel == channel:
-                return v, "retrigger"
-        for v in self.voices:
-            if not v.active:
-                return v, "free"
-        released = [v for v in self.voices if v.released]
-        victim = min(
-            released or self.voices, key=lambda v: v.released_at if v.released else v.started_at
-        )
-        return victim, "steal"
-
     def _release(self, v: _Voice, offset: int) -> None:
-        v.released = True
-        v.held_by_pedal = False
-        v.released_at = self._blk.t0 + offset
+        self._pool.release(v, self._blk.t0 + offset)
         if v.pending is not None:
             v.pending.released = True
         else:
@@ -824,6 +815,11 @@ class Synth:
             for v in self.voices:
                 if v.active and v.channel == ch and not v.released:
                     self._release(v, offset)
+        elif ev.kind == "sound_off":
+            self._sustain[ch] = False
+            for v in self.voices:
+                if v.active and v.channel == ch and not v.stopping:
+                    self._sound_off(v, offset)
         elif ev.kind in ("bend", "mod", "pressure", "slide"):
             {
                 "bend": self._bend,
@@ -841,6 +837,16 @@ class Synth:
                     if ev.kind != "bend" and not t.explicit:
                         params = self._source_params(t.note, ch, t.velocity)
                     self._update(v, t, offset, params)
+
+    def _sound_off(self, v: _Voice, offset: int) -> None:
+        """Fade the voice out for good from ``offset`` (as a steal fades), drop its pending
+        note; the pool frees it once the fade is over."""
+        at = self._blk.t0 + offset
+        if v.fade_end < 0:
+            v.fade_end = at + self._fade
+            self._blk_coefs(v, offset, np.zeros(6), self._fade)
+        v.pending = None
+        self._pool.stop(v, at, v.fade_end)
 
     def _glide_tick(self, offset: int) -> None:
         for v in self.voices:
@@ -901,10 +907,12 @@ class Synth:
             for i, v in enumerate(order):
                 if not self._finite[i]:
                     log.error("voice %d went non-finite; silenced", v.slot)
-                    v.active = False
+                    self._pool.free(v)
                     v.pending = None
-                elif v.released and v.pending is None and self._peak[i] < _FREE_LEVEL:
-                    v.active = False
+                else:
+                    self._pool.observe(
+                        v, self._peak[i], blk.t0, blk.t0 + n_frames, may_free=v.pending is None
+                    )
         else:
             mix[:] = 0.0
         self._blk = None

@@ -356,6 +356,9 @@ class RecordingSynth:
     def all_notes_off(self, channel=0, offset=0):
         self.calls.append(("all_notes_off", channel, offset))
 
+    def all_sound_off(self, channel=0, offset=0):
+        self.calls.append(("all_sound_off", channel, offset))
+
 
 class ExpressiveSynth(RecordingSynth):
     """With the methods another engineer is adding (called only when present)."""
@@ -368,9 +371,6 @@ class ExpressiveSynth(RecordingSynth):
 
     def set_mod_wheel(self, value, offset=0):
         self.calls.append(("set_mod_wheel", value, offset))
-
-    def all_sound_off(self, channel, offset=0):
-        self.calls.append(("all_sound_off", channel, offset))
 
 
 def events(*rows: tuple) -> np.ndarray:
@@ -519,6 +519,34 @@ def test_route_drives_the_real_synth_at_the_sample_offset(seed):
     assert np.any(out[offset : offset + 64] != 0.0), f"seed={seed}: no sound after {offset}"
     router.route(events((5, [0xB0, 123, 0, 120, 0, 0x80, 60, 0, 0xD0, 3, 0xB0, 74, 9, 1, 2])), synth)
     synth.render_block()  # offsets were in range and every call was accepted
+
+
+def test_cc120_from_raw_bytes_silences_the_real_synth_within_the_fade(seed):
+    """[0xB0, 120, 0] reaches Synth.all_sound_off: channel 0's voices fade out over 3 ms and are
+    freed at the first block boundary after it (all notes off would leave them ringing for their
+    release), while channel 1's note sounds on."""
+    from engine.cpu import CpuFdtd
+    from engine.presets import Preset
+    from engine.synth import STEAL_FADE_S, Synth
+
+    rng = np.random.default_rng(seed)
+    n = 32
+    preset = Preset(name="t", stiffness=np.full((n, n), 1.0, np.float32),
+                    damping_per_s=np.full((n, n), 3.0, np.float32), size_m=0.2, loss_m2_per_s=3e-5)  # fmt: skip
+    synth = Synth(CpuFdtd(n, 3, 128, dtype=np.float64), preset, sample_rate_hz=RATE)
+    router = MidiRouter()
+    router.route(events((0, [0x90, 60, 100, 64, 90]), (0, [0x91, 67, 80])), synth)
+    for _ in range(4):
+        synth.render_block()
+    assert synth.active_voices == 3
+    offset = int(rng.integers(0, 128))
+    router.route(events((offset, [0xB0, 120, 0])), synth)
+    fade = int(round(STEAL_FADE_S * RATE))
+    blocks = -(-(offset + fade) // 128)  # up to the first block boundary after the fade
+    for _ in range(blocks):
+        synth.render_block()
+    assert [(v.note, v.channel) for v in synth.voices if v.active] == [(67, 1)], f"seed={seed}"
+    assert router.stats["ignored"] == 0
 
 
 # ---- real MIDI through a real JACK server ------------------------------------------------------

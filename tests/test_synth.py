@@ -368,3 +368,115 @@ def test_a_scala_tuning_sets_the_pitch_and_unmapped_keys_stay_silent(tmp_path, s
               tuning=load_tuning(seven, kbm))
     s.note_on(61, 100)
     assert np.all(render(s, 4) == 0.0) and s.stats["refused"] == 1 and s.active_voices == 0
+
+
+# ---- all sound off (CC120) -------------------------------------------------------------------
+
+
+def test_all_sound_off_fades_the_channel_to_zero_without_a_click_and_frees_its_voices(seed):
+    """Notes on channels 0 and 1; CC120 on channel 0 at sample k of block 10. Before k the
+    output is untouched; after it no step is a click, and channel 0 is, sample by sample, its
+    own sound (``ref``: no CC120) under a gain falling linearly to zero, so never louder than
+    it would have been (not "than before k": a sound can swell by itself in 3 ms); from the
+    end of the fade channel 0's voices add exactly 0 (the voices' sum equals a ``twin``'s that
+    plays only channel 1's note); they are freed at the first block boundary after the fade
+    (within STEAL_FADE_S + one block), and channel 1 sounds on."""
+    rng = np.random.default_rng(seed)
+    p = preset(rng)
+    s, ref, twin = (
+        Synth(CpuFdtd(32, 4, 128, dtype=np.float64), p, sample_rate_hz=RATE) for _ in range(3)
+    )
+    quiet = P.from_dict({"gain_db": -12.0}, base=s.base_params)  # the master bus stays linear
+    for x in (s, ref, twin):
+        x.note_on(67, 60, channel=1, params=quiet)  # slot 0 in each
+    for x in (s, ref):
+        x.note_on(57, 60, params=quiet)
+        x.note_on(64, 60, offset=3, params=quiet)
+    k = int(rng.integers(0, 128))
+    at = 10 * 128 + k
+    fade = int(round(STEAL_FADE_S * RATE))
+    freed_by = -(-(at + fade) // 128) * 128  # the first block boundary after the fade
+    ys, yr, yt, ms, mr, mt, active = [], [], [], [], [], [], []
+    for block in range(16):
+        if block == 10:
+            s.all_sound_off(0, offset=k)
+        ys.append(s.render_block())
+        yr.append(ref.render_block())
+        yt.append(twin.render_block())
+        ms.append(s._mix.copy())  # the voices' sum, before the master bus
+        mr.append(ref._mix.copy())
+        mt.append(twin._mix.copy())
+        active.append(sorted((v.note, v.channel) for v in s.voices if v.active))
+    y, r, m, mref, mtwin = (np.concatenate(a) for a in (ys, yr, ms, mr, mt))
+    np.testing.assert_array_equal(y[:at], r[:at], err_msg=f"seed={seed}: changed before CC120")
+    # no click: no step beyond the music's own plus the fade's slope
+    before = y[at - 1000 : at]
+    amplitude = np.abs(before).max()
+    assert amplitude < 0.8, f"seed={seed}: the test wants the master bus linear"
+    allowed = np.abs(np.diff(before, axis=0)).max() + 2.0 * amplitude / fade
+    steps = np.abs(np.diff(y[at - 1 : at + fade + 16], axis=0)).max()
+    assert steps <= allowed, f"seed={seed}: a step of {steps:.4g} (allowed {allowed:.4g})"
+    channel_0 = np.abs(m - mtwin).max(axis=1)
+    unfaded = np.abs(mref - mtwin).max(axis=1)
+    assert channel_0[at - 64 : at].max() > 0.1 * amplitude, f"seed={seed}: channel 0 silent"
+    assert channel_0[at + fade // 2] > 0.0, f"seed={seed}: cut, not faded"
+    gain = 1.0 - np.arange(fade) / fade
+    over = channel_0[at : at + fade] - gain * unfaded[at : at + fade]
+    assert over.max() <= 1e-12, f"seed={seed}: channel 0 above its fade by {over.max():.3g}"
+    # from the end of the fade channel 0 adds exactly nothing, and goes on adding nothing
+    assert np.all(channel_0[at + fade :] == 0.0), (
+        f"seed={seed}: channel 0 sounds {np.nonzero(channel_0[at + fade :])[0][0]} samples "
+        "after the fade"
+    )
+    # what is left of it in the output is the DC blocker's slow memory (a 20 ms decay)
+    d = y - np.concatenate(yt)
+    assert np.abs(np.diff(d[at + fade :], axis=0)).max() < 1e-3 * amplitude, f"seed={seed}"
+    # channel 1 sounds on
+    assert np.abs(mtwin[-128:]).max() > 0.01 * amplitude, f"seed={seed}: channel 1 went quiet"
+    # the voices: channel 0's are freed at the first block boundary after the fade
+    assert freed_by <= at + fade + 128
+    for block, got in enumerate(active):
+        want = [(57, 0), (64, 0), (67, 1)] if (block + 1) * 128 < freed_by else [(67, 1)]
+        assert got == want, f"seed={seed}: after block {block} active {got}, wanted {want}"
+    assert s.stats["stolen"] == 0
+
+
+def test_all_sound_off_drops_a_waiting_note_and_lifts_the_pedal(seed):
+    """One voice. A steal is fading when CC120 comes: the waiting note never starts. The pedal
+    that was down no longer holds notes. A note struck after CC120 in the same block takes the
+    fading voice (no steal counted) and starts when the fade ends."""
+    rng = np.random.default_rng(seed)
+    s = synth(rng, voices=1, release_s=0.05)
+    fade = int(round(STEAL_FADE_S * RATE))
+    s.sustain(True)
+    s.note_on(45, 60)
+    render(s, 5)
+    s.note_on(50, 60, offset=10)  # steals the only voice: 45 fades, 50 waits for the fade
+    s.all_sound_off(0, offset=20)  # the fade goes on; 50 is dropped
+    mixes = []
+    for _ in range(4):
+        s.render_block()
+        mixes.append(s._mix.copy())
+    m = np.concatenate(mixes)
+    assert s.stats["stolen"] == 1 and s.active_voices == 0, f"seed={seed}: {s.stats}"
+    assert np.all(m[10 + fade :] == 0.0), f"seed={seed}: the dropped note sounded"
+    assert np.abs(m[:10]).max() > 0.0
+    s.note_on(52, 60)
+    render(s, 4)
+    s.note_off(52)
+    render(s, 150)
+    assert s.active_voices == 0, f"seed={seed}: the pedal still held the note after CC120"
+
+    s.note_on(45, 60)
+    render(s, 5)
+    s.all_sound_off(0, offset=20)
+    s.note_on(47, 60, offset=40)  # after CC120: takes the fading voice once the fade is over
+    y, mix = [], []
+    for _ in range(4):
+        y.append(s.render_block())
+        mix.append(s._mix.copy())
+    y, mix = np.concatenate(y), np.concatenate(mix)
+    assert [(v.note, v.active) for v in s.voices] == [(47, True)]
+    assert s.stats["stolen"] == 1, f"seed={seed}: reusing a silenced voice is no steal"
+    assert np.abs(mix[:20]).max() > 0.0 and np.all(mix[20 + fade - 1] == 0.0), "faded first"
+    assert np.abs(y[20 + fade + 64 :]).max() > 0.01, f"seed={seed}: the new note is silent"
