@@ -99,8 +99,10 @@ def render_midi(
                 synth.sustain(e.value > 0.5, e.channel, off)
             elif e.kind == "pitch_bend":
                 synth.pitch_bend(e.value, e.channel, off)
-            elif e.kind in ("all_notes_off", "all_sound_off"):
+            elif e.kind == "all_notes_off":
                 synth.all_notes_off(e.channel, off)
+            elif e.kind == "all_sound_off":
+                synth.all_sound_off(e.channel, off)
             i += 1
         chunks.append(synth.render_block())
         start = end

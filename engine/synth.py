@@ -314,6 +314,9 @@ class Synth:
         self._mix_state = MixState.allocate(n_voices, self._sos.shape[1])
         self._mix_in = MixInput.allocate(n_voices, n_voices * _MAX_CHANGES)
         self._mix = np.zeros((self.block_frames, 2))
+        #: The voices' float64 sum of the last block, before the master bus (DC blocker,
+        #: limiter): ``(block_frames, 2)``, overwritten by the next block (live view, tests).
+        self.voice_mix = self._mix
         self._peak = np.zeros(n_voices)
         self._finite = np.zeros(n_voices, bool)
         self._frame_t = np.arange(self.block_frames)
