@@ -52,6 +52,7 @@ Public API: ``RingBuffer``, ``LiveEngine``, ``AudioDeviceError``, ``list_output_
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -311,6 +312,11 @@ class LiveEngine:
         warm_up = getattr(self.synth.backend, "warm_up", None)
         if warm_up is not None:  # numba: compile or load now, not in the first played block
             warm_up()
+        # A full garbage collection walks every object the process holds (~20 ms with numpy,
+        # scipy, numba and wgpu loaded) and may start in the render thread; freezing what
+        # exists now leaves the collector only what is made from here on.
+        gc.collect()
+        gc.freeze()
         self._running = True
         self.device_lost = False
         if self._switch_interval_s is None:

@@ -328,6 +328,9 @@ class Synth:
         self._dc_y = np.zeros(2)
         self._dc_r = math.exp(-2.0 * math.pi * 8.0 / self.sample_rate_hz)
         self._blk: _Block | None = None
+        # the body's lowest mode for the preset's own morph and boundary (an eigen-solve of
+        # ~50 ms): now, not at the first note
+        self._body(self.base_params)
         self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0}
 
     # ---- performance events (offset = sample inside the next block) ----------------------
