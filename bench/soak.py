@@ -28,6 +28,47 @@ sys.path.insert(0, str(ROOT / "tests"))
 RATE = 48_000
 
 
+def diagnose(engine) -> None:
+    """Why the last underruns happened: for each, the block that was missing — did it start
+    late, take longer than its budget, or did the callback come earlier than the clock said?"""
+    blocks = engine.render_log[engine.render_log[:, 2] > 0]
+    under = engine.underrun_log[engine.underrun_log[:, 1] > 0]
+    if not len(blocks) or not len(under):
+        print("diagnosis: no underruns in the logged window")
+        return
+    blocks = blocks[np.argsort(blocks[:, 0])]
+    ns = 1e9 / engine.sample_rate_hz
+    budget_ns = engine.ahead_frames * ns
+    rows = []
+    for frame, t_cb in under:
+        k = np.searchsorted(blocks[:, 0], frame, side="right") - 1
+        if k < 0 or k + 1 >= len(blocks):
+            continue
+        start, due, t0, t1 = blocks[k + 1]  # the block after the last one the callback had
+        if due == 0:
+            continue
+        end = start + engine.block_frames
+        base = due - (end - engine.delay_frames) * ns
+        rows.append(((t0 - due) / 1e3, (t1 - t0) / 1e3, (t_cb - (base + frame * ns)) / 1e3,
+                     (t1 - t_cb) / 1e3))
+    if not rows:
+        print("diagnosis: underruns outside the logged window")
+        return
+    a = np.array(rows)
+    print(f"diagnosis of {len(a)} underruns (µs; budget {budget_ns / 1e3:.0f}): "
+          f"start after due median {np.median(a[:, 0]):.0f} p90 {np.percentile(a[:, 0], 90):.0f}; "
+          f"render median {np.median(a[:, 1]):.0f} p90 {np.percentile(a[:, 1], 90):.0f}; "
+          f"callback vs clock median {np.median(a[:, 2]):.0f} p10 {np.percentile(a[:, 2], 10):.0f}; "
+          f"block finished after the callback by median {np.median(a[:, 3]):.0f}")
+    print(f"  started > 0.5 ms late: {np.sum(a[:, 0] > 500)}, render > budget: "
+          f"{np.sum(a[:, 1] > budget_ns / 1e3)}, callback > 0.2 ms early: {np.sum(a[:, 2] < -200)}")
+    g = np.diff(blocks[:, 2]) / 1e3
+    print(f"all blocks: render median {np.median((blocks[:, 3] - blocks[:, 2]) / 1e3):.0f} µs, "
+          f"start after due median {np.median((blocks[:, 2] - blocks[:, 1]) / 1e3):.0f} "
+          f"p99 {np.percentile((blocks[:, 2] - blocks[:, 1]) / 1e3, 99):.0f} µs; gaps between "
+          f"starts median {np.median(g):.0f} µs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -102,6 +143,7 @@ def main() -> None:
                     break
             loops += 1
         played_s = engine.stats()["frames"] / RATE
+        diagnose(engine)
         delay, ahead = engine.delay_frames, engine.ahead_frames
         stats = engine.stats()
         engine.stop()

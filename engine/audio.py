@@ -282,6 +282,10 @@ class LiveEngine:
         self.callback_frames = np.zeros(4096, np.int64)
         self.callback_ns = np.zeros(4096, np.int64)
         self._render_us = np.zeros(4096)
+        #: the last 4096 blocks: (first device frame, due, started, finished) in frames / ns
+        self.render_log = np.zeros((4096, 4), np.int64)
+        #: the last 1024 underruns: (first device frame of the callback, its start in ns)
+        self.underrun_log = np.zeros((1024, 2), np.int64)
         self._render_count = 0
         self.underruns = 0
         self.xruns = 0
@@ -458,6 +462,9 @@ class LiveEngine:
             self.xruns += 1
         got = self.ring.read_into(outdata)
         if got < frames:
+            k = self.underruns & 1023
+            self.underrun_log[k, 0] = self._frames_read
+            self.underrun_log[k, 1] = t0
             self.underruns += 1
             self._skipped += frames - got
         self._tick(t0, frames)
@@ -561,6 +568,7 @@ class LiveEngine:
 
     def _render_one(self) -> None:
         t0 = time.perf_counter_ns()
+        due = self._due_ns()
         # the device frame this block will start at: rendered frames plus the zeros played
         start = self._rendered_frames + self._skipped
         end = start + self.block_frames
@@ -591,7 +599,9 @@ class LiveEngine:
             self._captured += n
         self._rendered_frames += self.block_frames
         i = self._render_count & 4095
-        self._render_us[i] = (time.perf_counter_ns() - t0) * 1e-3
+        t1 = time.perf_counter_ns()
+        self._render_us[i] = (t1 - t0) * 1e-3
+        self.render_log[i] = (start, due if math.isfinite(due) else 0, t0, t1)
         self._render_count += 1
 
 

@@ -88,6 +88,7 @@ from . import params as P
 from .block import RECORD_DTYPE, RECORD_RESET, FdtdBackend
 from .kan import KAN, inputs
 from .mixdown import MixInput, MixState, decimation_sos, master_bus, mix_voices
+from .mixdown import warm_up as _warm_up_mixdown
 from .presets import Preset
 from .scala import Tuning
 from .tuning import (
@@ -331,6 +332,7 @@ class Synth:
         # the body's lowest mode for the preset's own morph and boundary (an eigen-solve of
         # ~50 ms): now, not at the first note
         self._body(self.base_params)
+        _warm_up_mixdown()  # the output stage's kernels: compiled now, not at the first note
         self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0}
 
     # ---- performance events (offset = sample inside the next block) ----------------------
