@@ -33,6 +33,10 @@ def diagnose(engine) -> None:
     late, take longer than its budget, or did the callback come earlier than the clock said?"""
     blocks = engine.render_log[engine.render_log[:, 2] > 0]
     under = engine.underrun_log[engine.underrun_log[:, 1] > 0]
+    if len(under):
+        at_s = np.sort(under[:, 0]) / engine.sample_rate_hz
+        print(f"underruns logged at (s of audio): first {at_s[:8].round(2).tolist()}, "
+              f"last {at_s[-4:].round(2).tolist()}; {np.sum(at_s < 2.0)} in the first 2 s")
     if not len(blocks) or not len(under):
         print("diagnosis: no underruns in the logged window")
         return
@@ -62,6 +66,17 @@ def diagnose(engine) -> None:
           f"block finished after the callback by median {np.median(a[:, 3]):.0f}")
     print(f"  started > 0.5 ms late: {np.sum(a[:, 0] > 500)}, render > budget: "
           f"{np.sum(a[:, 1] > budget_ns / 1e3)}, callback > 0.2 ms early: {np.sum(a[:, 2] < -200)}")
+    shown = 0
+    for frame, t_cb in under[-6:]:
+        k = np.searchsorted(blocks[:, 0], frame, side="right") - 1
+        if k < 1 or k + 2 >= len(blocks):
+            continue
+        print(f"  underrun at frame {frame}: blocks (start−frame, due, started, finished; µs from "
+              f"the callback):")
+        for b in blocks[k - 1 : k + 3]:
+            print(f"    {b[0] - frame:+6d} {(b[1] - t_cb) / 1e3:+9.0f} {(b[2] - t_cb) / 1e3:+9.0f} "
+                  f"{(b[3] - t_cb) / 1e3:+9.0f}")
+        shown += 1
     g = np.diff(blocks[:, 2]) / 1e3
     print(f"all blocks: render median {np.median((blocks[:, 3] - blocks[:, 2]) / 1e3):.0f} µs, "
           f"start after due median {np.median((blocks[:, 2] - blocks[:, 1]) / 1e3):.0f} "
