@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XDG_RUNTIME_DIR=$(mktemp -d)
-printf '# Benchmark results\n' > bench/RESULTS.md
+[ -f bench/RESULTS.md ] || printf '# Benchmark results\n' > bench/RESULTS.md
 [ -n "${SYNTH_BLOCK-1}" ] && python3 bench/synth_block.py --backend gpu 2>&1 | tee "$OUT/synth_block.log"
 for ahead in ${AHEADS:-128 96 64}; do
   python3 bench/latency.py --notes 200 --backend gpu --ahead "$ahead" 2>&1 | tee -a "$OUT/latency.log"
