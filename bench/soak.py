@@ -178,12 +178,12 @@ def main() -> None:
         f"{args.block}-frame blocks, GPU readback: {getattr(backend, 'readback', '-')}, delay {delay} frames ({delay / RATE * 1e3:.2f} ms; "
         f"{ahead} frames to render a block).",
         "",
-        "| xruns | underruns | late events | silenced (non-finite/full-scale) blocks | peak dBFS | callback µs min/median/p99/max | render µs min/median/p99/max | of it backend.run µs median/p99 |",
+        "| xruns | underruns | late events | silenced (non-finite/full-scale) blocks | peak dBFS | callback µs min/median/p99/p99.9/max | render µs min/median/p99/p99.9/max | of it backend.run µs median/p99 |",
         "|---|---|---|---|---|---|---|---|",
         f"| {stats['xruns']} | {stats['underruns']} | {stats['late_events']} | {stats['silenced_blocks']} | "
         f"{20 * np.log10(max(stats['peak'], 1e-12)):.1f} | "
-        f"{cb['min']:.0f}/{cb['median']:.0f}/{cb['p99']:.0f}/{cb['max']:.0f} | "
-        f"{rd['min']:.0f}/{rd['median']:.0f}/{rd['p99']:.0f}/{rd['max']:.0f} | "
+        f"{cb['min']:.0f}/{cb['median']:.0f}/{cb['p99']:.0f}/{cb['p99.9']:.0f}/{cb['max']:.0f} | "
+        f"{rd['min']:.0f}/{rd['median']:.0f}/{rd['p99']:.0f}/{rd['p99.9']:.0f}/{rd['max']:.0f} | "
         f"{ru_q[0]:.0f}/{ru_q[1]:.0f} |",
         "",
     ])

@@ -47,7 +47,7 @@ Devices: PortAudio reads the system's devices once; :meth:`LiveEngine.reopen` wi
 re-reads them, so an interface plugged in (or replugged) while NeiroSynth runs can be opened.
 
 Public API: ``RingBuffer``, ``LiveEngine``, ``AudioDeviceError``, ``list_output_devices``,
-``rescan_devices``.
+``rescan_devices``, ``DurationHistogram``, ``DEFAULT_AHEAD_S``.
 """
 
 from __future__ import annotations
@@ -66,13 +66,26 @@ import numpy as np
 
 from .synth import Synth
 
-__all__ = ["RingBuffer", "LiveEngine", "AudioDeviceError", "list_output_devices", "rescan_devices"]
+__all__ = [
+    "RingBuffer",
+    "LiveEngine",
+    "AudioDeviceError",
+    "DurationHistogram",
+    "DEFAULT_AHEAD_S",
+    "list_output_devices",
+    "rescan_devices",
+]
 
 log = logging.getLogger(__name__)
 
 
 #: Callbacks this much later than the clock, 16 in a row, re-anchor it (a stalled device).
 _REANCHOR_NS = 20_000_000
+#: The render's default time for a block. On an H200 at 32 voices a 128-frame block takes
+#: 1.3–1.5 ms (median), 1.9 ms at p99 and up to ~3 ms: a 2 ms budget missed ~1% of its
+#: deadlines, 4 ms a few in minutes (bench/RESULTS.md). Lower it with ``ahead_frames`` for
+#: less latency on a fast machine.
+DEFAULT_AHEAD_S = 0.004
 #: GIL switch interval while a stream runs (CPython's default is 5 ms).
 _SWITCH_INTERVAL_S = 0.0005
 #: A device whose callback has not come for this long is taken for lost.
@@ -81,6 +94,37 @@ _LOST_AFTER_NS = 500_000_000
 
 class AudioDeviceError(RuntimeError):
     """The output device could not be opened, or vanished; the message says which and why."""
+
+
+class DurationHistogram:
+    """Durations in µs counted in log-spaced bins (20 a decade, 1 µs to 1 s), allocated once:
+    percentiles over a whole run without keeping every value (within ±6%, a bin's width);
+    min and max are exact. ``add`` may be called from the audio callback."""
+
+    BINS_PER_DECADE = 20
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(6 * self.BINS_PER_DECADE + 1, np.int64)
+        self.n = 0
+        self.min = math.inf
+        self.max = 0.0
+
+    def add(self, us: float) -> None:
+        k = int(self.BINS_PER_DECADE * math.log10(us)) if us > 1.0 else 0
+        self.counts[min(k, len(self.counts) - 1)] += 1
+        self.n += 1
+        if us < self.min:
+            self.min = us
+        if us > self.max:
+            self.max = us
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0–100): the geometric middle of its bin, within min–max."""
+        if not self.n:
+            return math.nan
+        k = int(np.searchsorted(np.cumsum(self.counts), q / 100.0 * self.n))
+        mid = 10.0 ** ((k + 0.5) / self.BINS_PER_DECADE)
+        return min(max(mid, self.min), self.max)
 
 
 class RingBuffer:
@@ -186,7 +230,8 @@ class LiveEngine:
         period_frames: PortAudio's block size (32–1024).
         ahead_frames: the render thread's time to render one block, in frames: a block is
             rendered once the last event that may fall in it has arrived, this long before the
-            callback that plays it (default: one block). The added latency, event to
+            callback that plays it (default: :data:`DEFAULT_AHEAD_S`, at least one block).
+            The added latency, event to
             PortAudio, is :attr:`delay_frames` = ``ahead_frames + block + period −
             gcd(block, period)``.
         latency: PortAudio's suggested latency, seconds or ``"low"``/``"high"``.
@@ -217,7 +262,9 @@ class LiveEngine:
     ) -> None:
         if not 32 <= period_frames <= 1024:
             raise ValueError(f"period_frames={period_frames} outside 32..1024")
-        ahead_frames = synth.block_frames if ahead_frames is None else int(ahead_frames)
+        if ahead_frames is None:
+            ahead_frames = max(synth.block_frames, round(DEFAULT_AHEAD_S * synth.sample_rate_hz))
+        ahead_frames = int(ahead_frames)
         if ahead_frames < 1:
             raise ValueError(f"ahead_frames={ahead_frames} must be >= 1")
         self.synth = synth
@@ -276,12 +323,12 @@ class LiveEngine:
         self._rendered_frames = 0
         self._skipped = 0  # device frames the callback filled with zeros (underruns)
         # statistics, preallocated
-        self._cb_us = np.zeros(4096)
+        self._cb_hist = DurationHistogram()
         self._cb_count = 0
         #: per callback: the first frame it handed over and when it started (perf_counter_ns)
         self.callback_frames = np.zeros(4096, np.int64)
         self.callback_ns = np.zeros(4096, np.int64)
-        self._render_us = np.zeros(4096)
+        self._render_hist = DurationHistogram()
         #: the last 4096 blocks: (first device frame, due, started, finished) in frames / ns
         self.render_log = np.zeros((4096, 4), np.int64)
         #: the last 1024 underruns: (first device frame of the callback, its start in ns)
@@ -426,18 +473,16 @@ class LiveEngine:
         return self._capture[: self._captured]
 
     def stats(self) -> dict[str, float]:
-        """Underruns, xruns, callback and render time percentiles in µs."""
-        cb = self._cb_us[: min(self._cb_count, len(self._cb_us))]
-        rd = self._render_us[: min(self._render_count, len(self._render_us))]
+        """Underruns, xruns, and the callback's and the render's time (µs) over the whole run:
+        min, median, p99, p99.9, max (percentiles within ±6%: :class:`DurationHistogram`)."""
 
-        def pct(a: np.ndarray) -> dict[str, float]:
-            if not len(a):
-                return {"min": float("nan"), "median": float("nan"), "p99": float("nan"), "max": float("nan")}
+        def pct(h: DurationHistogram) -> dict[str, float]:
             return {
-                "min": float(a.min()),
-                "median": float(np.median(a)),
-                "p99": float(np.percentile(a, 99)),
-                "max": float(a.max()),
+                "min": h.min if h.n else math.nan,
+                "median": h.percentile(50),
+                "p99": h.percentile(99),
+                "p99.9": h.percentile(99.9),
+                "max": h.max if h.n else math.nan,
             }
 
         return {
@@ -449,8 +494,8 @@ class LiveEngine:
             "silenced_blocks": self.silenced_blocks,
             "peak": self.peak,
             "device_errors": self.device_errors,
-            "callback_us": pct(cb),
-            "render_us": pct(rd),
+            "callback_us": pct(self._cb_hist),
+            "render_us": pct(self._render_hist),
         }
 
     # ---- audio thread ---------------------------------------------------------------------
@@ -502,7 +547,7 @@ class LiveEngine:
         i = self._cb_count & 4095
         self.callback_frames[i] = self._frames_read - frames
         self.callback_ns[i] = t0
-        self._cb_us[i] = (time.perf_counter_ns() - t0) * 1e-3
+        self._cb_hist.add((time.perf_counter_ns() - t0) * 1e-3)
         self._cb_count += 1
 
     def _finished(self) -> None:
@@ -600,7 +645,7 @@ class LiveEngine:
         self._rendered_frames += self.block_frames
         i = self._render_count & 4095
         t1 = time.perf_counter_ns()
-        self._render_us[i] = (t1 - t0) * 1e-3
+        self._render_hist.add((t1 - t0) * 1e-3)
         self.render_log[i] = (start, due if math.isfinite(due) else 0, t0, t1)
         self._render_count += 1
 

@@ -241,8 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--period", type=int, default=128, help="audio frames per callback (32..1024)")
     pl.add_argument("--block", type=int, default=128, help="frames the engine renders at a time")
     pl.add_argument("--ahead-ms", type=float, default=None,
-                    help="time the engine has to render a block (default: one block); "
-                    "lower for less latency, raise if the stats show underruns")
+                    help="time the engine has to render a block (default: 4 ms, at least a "
+                    "block); lower for less latency, raise if the stats show underruns")
     pl.add_argument("--latency", default="low",
                     help="PortAudio's suggested output latency: seconds, 'low' or 'high'")
     pl.add_argument("--polyphony", type=int, default=16, help="most voices at once")

@@ -272,3 +272,39 @@ def test_a_device_plugged_in_after_start_is_found_by_a_rescan(tmp_path):
     assert result["first"].startswith("error: could not open audio output 'system'"), result
     assert result["running"] and result["frames"] > 0.3 * 48_000, result
     assert 1e-4 < result["peak"] < 1.0, result
+
+
+def test_duration_histogram_percentiles_against_numpy(seed):
+    """Whole-run percentiles from log bins: within one bin's width (±6%) of numpy's."""
+    from engine.audio import DurationHistogram
+
+    rng = np.random.default_rng(seed)
+    values = rng.lognormal(mean=np.log(800.0), sigma=0.6, size=20_000)  # µs, like render times
+    values[rng.integers(0, len(values), 30)] *= 20  # a tail of stalls
+    h = DurationHistogram()
+    for v in values:
+        h.add(float(v))
+    assert h.n == len(values) and h.min == values.min() and h.max == values.max()
+    for q in (1, 50, 90, 99, 99.9):
+        want = np.percentile(values, q)
+        assert abs(np.log10(h.percentile(q) / want)) <= 1.0 / 20, f"seed={seed}: p{q} {h.percentile(q)} vs {want}"
+    assert np.isnan(DurationHistogram().percentile(50))
+
+
+@pytest.mark.parametrize(
+    "block, period, ahead, delay",
+    [
+        (128, 128, None, 192 + 128),  # the default budget, 4 ms at 48 kHz
+        (64, 128, 96, 96 + 64 + 128 - 64),  # a block may start half-way into a period
+        (256, 128, 100, 100 + 256),  # blocks start on period boundaries
+        (128, 64, 40, 40 + 128 + 64 - 64),  # periods shorter than blocks
+    ],
+)
+def test_the_constant_delay_is_budget_plus_block_plus_alignment(block, period, ahead, delay):
+    from engine.synth import Synth
+
+    synth = Synth(CpuFdtd(32, 1, block), _preset(), sample_rate_hz=48_000)
+    engine = LiveEngine(synth, period_frames=period, ahead_frames=ahead)
+    assert engine.delay_frames == delay
+    with pytest.raises(ValueError, match="ahead_frames=0 must be >= 1"):
+        LiveEngine(synth, period_frames=period, ahead_frames=0)
