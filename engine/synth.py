@@ -23,7 +23,8 @@ pitch                    ``f = 440·2^((note + detune/100 + bend·range + glide/
 ``damping_scale``        ``record.gamma_per_d = dt·scale`` (γ = gamma_per_d·d[i,j] + gamma_add)
 ``damping_add_per_s``    ``record.gamma_add = dt·(add + release)``
 ``loss_scale``           ``record.eta = 2·σ₁·scale·dt/Δx²``
-``release_s``            note off adds ``ln(1000)/release_s`` to the uniform damping
+``release_s``            note off adds ``ln(1000)/release_s`` to the uniform damping (ramped
+                         in over 5 ms)
 ``release_loss_scale``   note off multiplies σ₁ by it as well
 ``thump_db``             note off strikes the body once more at this level
 ``morph``, ``boundary``  ``record.morph``, ``record.boundary``, quantised to 1/128 (the
@@ -51,7 +52,8 @@ Per voice:
   0.45·fs, 90 dB stop) and decimated. A voice keeps its oversampling while it sounds: a
   mid-note change (bend, re-evaluation, retrigger) that no longer fits is clamped to the
   stability bound (counted in ``stats["clamped"]``), or, for a retrigger, restarted as a steal.
-* **Release** — note off (or pedal up) adds the release damping; a released voice below
+* **Release** — note off (or pedal up) raises the damping and loss to their release values
+  over a 5 ms ramp (a new record every 16 samples); a released voice below
   −90 dBFS over a whole block is freed.
 * **Stealing** — when every voice is busy the oldest released voice, else the quietest (then
   oldest) sounding voice is taken (the policy and the voices' bookkeeping are
@@ -128,6 +130,10 @@ _LEVEL_FLOOR = 1e-6
 #: Slowest energy decay the drive is calibrated for (1/s): an undamped body still gets a level.
 _DRIVE_MIN_DECAY = 1.0
 _LN1000 = math.log(1000.0)
+#: Note off raises the damping (and loss) to their release values over this long, in steps of
+#: _RELEASE_TICK samples.
+_RELEASE_RAMP_S = 0.005
+_RELEASE_TICK = 16
 #: Most output-coefficient changes (and field resets) one voice applies in one block.
 _MAX_CHANGES = 32
 
@@ -162,6 +168,8 @@ class _Tone:
     d_mode_hz: float  # mode-weighted mean of the morphed map's d (before damping_scale)
     steps: int = 1
     released: bool = False
+    release_at: int = 0  # absolute sample of the note off
+    release_frac: float = 0.0  # how far the release damping has ramped in (0..1)
     glide_cents: float = 0.0
     glide_at: int = 0  # absolute sample of the last glide update
     frequency_hz: float = 0.0
@@ -325,6 +333,7 @@ class Synth:
         self._fade = max(1, int(round(STEAL_FADE_S * self.sample_rate_hz)))
         self._ramp = max(1, int(round(_RAMP_S * self.sample_rate_hz)))
         self._glide_every = max(_GLIDE_TICK, -(-self.block_frames // 16))
+        self._release_ramp = max(1, int(round(_RELEASE_RAMP_S * self.sample_rate_hz)))
         self._dc_x = np.zeros(2)
         self._dc_y = np.zeros(2)
         self._dc_r = math.exp(-2.0 * math.pi * 8.0 / self.sample_rate_hz)
@@ -466,18 +475,21 @@ class Synth:
         )
 
     def _sigma(self, t: _Tone, released: bool | None = None) -> float:
-        """σ₁ of the tone in m²/s (held or released)."""
-        released = t.released if released is None else released
-        scale = t.params[_I["loss_scale"]] * (
-            t.params[_I["release_loss_scale"]] if released else 1.0
-        )
-        return self.preset.loss_m2_per_s * float(scale)
+        """σ₁ of the tone in m²/s: now (``None``: partly released during the release ramp),
+        or fully held / fully released."""
+        if released is None:
+            frac = t.release_frac if t.released else 0.0
+        else:
+            frac = 1.0 if released else 0.0
+        rls = float(t.params[_I["release_loss_scale"]])
+        scale = float(t.params[_I["loss_scale"]]) * (1.0 + frac * (rls - 1.0))
+        return self.preset.loss_m2_per_s * scale
 
     def _damping_hz(self, t: _Tone) -> tuple[float, float]:
         """``(mode-weighted d·damping_scale, uniform add incl. release)`` in 1/s."""
         add = float(t.params[_I["damping_add_per_s"]])
         if t.released:
-            add += _LN1000 / float(t.params[_I["release_s"]])
+            add += t.release_frac * _LN1000 / float(t.params[_I["release_s"]])
         return t.d_mode_hz * float(t.params[_I["damping_scale"]]), add
 
     def _decay_hz(self, t: _Tone) -> float:
@@ -764,8 +776,11 @@ class Synth:
         t = v.tone
         self._decay_glide(t, self._blk.t0 + offset)
         t.released = True
+        t.release_at = self._blk.t0 + offset
+        t.release_frac = 0.0
         self._fill_record(t)
         self._blk_record(v, offset)
+        self._push_release_ticks(v, offset + 1)
         self._blk_drive(v, offset, 0.0)
         amp = P.level_amplitude(float(t.params[_I["thump_db"]]), "thump_db")
         if thump and amp >= _LEVEL_FLOOR:
@@ -786,6 +801,7 @@ class Synth:
         if t is not v.tone:
             return  # a pending tone: derived when it starts
         self._decay_glide(t, self._blk.t0 + offset)
+        self._advance_release(t, self._blk.t0 + offset)
         self._fill_record(t)
         self._blk_record(v, offset)
         if v.fade_end < 0:
@@ -861,8 +877,30 @@ class Synth:
             t = v.tone
             if v.active and t is not None and t.glide_cents != 0.0 and v.slot in self._blk.records:
                 self._decay_glide(t, self._blk.t0 + offset)
+                self._advance_release(t, self._blk.t0 + offset)
                 self._fill_record(t)
                 self._blk_record(v, offset)
+
+    def _advance_release(self, t: _Tone, at: int) -> None:
+        """The release ramp's progress at absolute sample ``at``."""
+        if t.released and t.release_frac < 1.0:
+            t.release_frac = min(max((at - t.release_at) / self._release_ramp, 0.0), 1.0)
+
+    def _push_release_ticks(self, v: _Voice, first: int) -> None:
+        """Steps of the voice's release ramp from ``first`` to the block's end."""
+        tick = _RELEASE_TICK
+        for off in range(-(-first // tick) * tick, self.block_frames, tick):
+            self._blk.push(off, 2, ("release", v))
+
+    def _release_tick(self, v: _Voice, offset: int) -> None:
+        t = v.tone
+        if not v.active or t is None or not t.released or t.release_frac >= 1.0:
+            return
+        at = self._blk.t0 + offset
+        self._decay_glide(t, at)
+        self._advance_release(t, at)
+        self._fill_record(t)
+        self._blk_record(v, offset)
 
     # ---- one block ------------------------------------------------------------------------
 
@@ -877,6 +915,8 @@ class Synth:
                 blk.drives[v.slot] = [(0, v.drive)]
                 if v.pending is not None and v.pending_at < blk.t0 + n_frames:
                     blk.push(max(v.pending_at - blk.t0, 0), 0, ("start", v))
+                if v.tone.released and v.tone.release_frac < 1.0:
+                    self._push_release_ticks(v, 0)
         for ev in self._pending:
             blk.push(ev.offset, 1, ev)
         self._pending.clear()
@@ -888,6 +928,8 @@ class Synth:
                 self._apply(item, off)
             elif item[0] == "start":
                 self._start_pending(item[1], off)
+            elif item[0] == "release":
+                self._release_tick(item[1], off)
             else:
                 self._glide_tick(off)
 

@@ -486,3 +486,51 @@ def test_all_sound_off_drops_a_waiting_note_and_lifts_the_pedal(seed):
     assert s.stats["stolen"] == 1, f"seed={seed}: reusing a silenced voice is no steal"
     assert np.abs(mix[:20]).max() > 0.0 and np.all(mix[20 + fade - 1] == 0.0), "faded first"
     assert np.abs(y[20 + fade + 64 :]).max() > 0.01, f"seed={seed}: the new note is silent"
+
+
+def _records_played(s: Synth, voice: int = 0) -> list[tuple[int, float, float]]:
+    """(sample in block, gamma_add, eta) of every record the plan switched voice ``voice`` to."""
+    plan = s.plan
+    h = plan.headers[voice]
+    out = [(0, float(plan.records[h["record"]]["gamma_add"]), float(plan.records[h["record"]]["eta"]))]
+    for e in plan.events[h["first_event"] : h["first_event"] + h["n_events"]]:
+        rec = plan.records[e["record"]]
+        out.append((int(e["sample"]), float(rec["gamma_add"]), float(rec["eta"])))
+    return out
+
+
+def test_note_off_ramps_the_release_damping_in(seed):
+    """Note off raises the uniform damping (and the loss) to the release values over a 5 ms
+    ramp of small steps, starting at the note-off sample, not in one jump."""
+    rng = np.random.default_rng(seed)
+    s = synth(rng, voices=1, release_s=0.3)
+    s.note_on(60, 100)
+    for _ in range(3):
+        s.render_block()
+    held = _records_played(s)[-1]
+    offset = int(rng.integers(0, 128))
+    s.note_off(60, offset=offset)
+    seen = []
+    for b in range(5):
+        s.render_block()
+        seen += [(b * 128 + k, g, eta) for k, g, eta in _records_played(s)]
+    steps = s.voices[0].tone.steps
+    dt = 1.0 / (RATE * steps)
+    full = held[1] + dt * np.log(1000.0) / 0.3
+    ramp = round(0.005 * RATE)
+    gammas = np.array([g for _, g, _ in seen])
+    assert np.all(np.diff(gammas) >= -1e-12), f"seed={seed}: the damping went down"
+    at = [k for k, g, _ in seen]
+    before = [g for k, g, _ in seen if k <= offset]
+    assert np.allclose(before, held[1], rtol=1e-6), f"seed={seed}: damping changed before note off"
+    rising = [g for k, g, _ in seen if offset < k < offset + ramp]
+    assert len(set(np.round(rising, 12))) >= 10, f"seed={seed}: {len(rising)} steps, expected a ramp"
+    assert all(held[1] < g < full for g in rising), f"seed={seed}: the ramp overshoots or stalls"
+    after = [g for k, g, _ in seen if k >= offset + ramp + 16]
+    assert after and np.allclose(after, full, rtol=1e-5), f"seed={seed}: {after[:3]} vs {full}"
+    assert max(at) >= offset + ramp + 16
+    from engine import params as P
+
+    rls = float(s.voices[0].tone.params[P.index("release_loss_scale")])
+    etas = [eta for k, _, eta in seen if k >= offset + ramp + 16]
+    assert np.allclose(etas, held[2] * rls, rtol=1e-5), f"seed={seed}: the loss did not follow"
