@@ -14,10 +14,15 @@ Threads and what each may do:
 
 Why a render thread rather than rendering in the callback: the callback runs Python and
 needs the GIL, and the GUI and training share the process. Rendering inside the callback
-would make every period wait for a whole block of physics (0.7 ms on an H100, several ms
-with numba on two cores) and any hiccup — a GUI repaint, a garbage collection, a GPU
-readback — would become an xrun; a thread that stays ``ahead_blocks`` blocks ahead absorbs
-them at the cost of that many blocks of latency. ``bench/latency.py`` measures both.
+makes every period wait for a whole block of physics and any hiccup — a GUI repaint, a
+garbage collection, a slow GPU round trip — becomes an xrun that PortAudio can do nothing
+about; a render thread with a time budget (``ahead_frames``) absorbs them at the cost of that
+budget in latency. ``bench/latency.py`` measures both on the same run. On an H100 host, 200
+notes at 128-frame periods: rendering in the callback added 2.5 ms (median) but its p99 of
+2.4 ms is most of the 2.67 ms period, and it caused 20–83 xruns per run; the render thread
+at a 2 ms budget (4.67 ms added) caused 4 xruns and 176 underruns, at 4 ms (6.67 ms added,
+the default) a soak of 4 minutes had 2 xruns and 44 underruns (bench/RESULTS.md). An
+underrun here is a block of silence we chose; an xrun is the device's.
 
 Timing: an event stamped at ``t`` is played at the output frame that the callback will reach
 ``delay_frames`` after ``t``, placed at its exact sample offset inside its block. So events keep
