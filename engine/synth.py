@@ -30,7 +30,7 @@ pitch                    ``f = 440·2^((note + detune/100 + bend·range + glide/
 ``morph``, ``boundary``  ``record.morph``, ``record.boundary``, quantised to 1/128 (the
                          lowest mode is cached per pair)
 ``excite_x/y/width``     the Gaussian footprint: ``exc_x = x·(n−1)``, radius ``max(w·n, ½)``
-``force_db``,            the strike: peak ``600·10^(dB/20)·sin θ₁/(½·contact·steps)`` (θ₁ the
+``force_db``,            the strike: peak ``600·(N/64)²·10^(dB/20)·sin θ₁/(½·contact·steps)`` (θ₁ the
 ``contact_time_s``,      fundamental's phase step, so the fundamental's level does not depend
 ``pluck``                on the note), envelope ``(1−pluck)·raised cosine + pluck·ramp``
 ``drive_db``             white-noise force while the key is down, ``σ ∝ sin θ₁·√(2α/fs)``:
@@ -113,6 +113,10 @@ ParamSource = Callable[[np.ndarray], np.ndarray]
 
 #: Loudness calibration: the fundamental of a centre strike at full force peaks near this.
 _KICK_GAIN = 600.0
+#: ... on a grid this size; a mode's shape at the strike and at the pickup (unit-norm over N²
+#: cells) each scale as 1/N, so the kick scales as (N/64)² and loudness does not depend on
+#: the resolution (a 32×32 body sounds as loud as its 64×64 twin: coarse-to-fine training).
+_KICK_GRID_N = 64
 #: Soft limiter: linear below this level, tanh above it, never reaching 1.0.
 _LIMIT_KNEE = 0.8
 #: A stolen voice fades out over this long before the new note starts.
@@ -334,6 +338,7 @@ class Synth:
         self._ramp = max(1, int(round(_RAMP_S * self.sample_rate_hz)))
         self._glide_every = max(_GLIDE_TICK, -(-self.block_frames // 16))
         self._release_ramp = max(1, int(round(_RELEASE_RAMP_S * self.sample_rate_hz)))
+        self._kick_gain = _KICK_GAIN * (preset.grid_n / _KICK_GRID_N) ** 2
         self._dc_x = np.zeros(2)
         self._dc_y = np.zeros(2)
         self._dc_r = math.exp(-2.0 * math.pi * 8.0 / self.sample_rate_hz)
@@ -578,7 +583,7 @@ class Synth:
     def _kick(self, t: _Tone, amplitude: float, contact: int) -> float:
         """Peak force per step of a strike of ``amplitude`` (1 = full force) over ``contact``."""
         theta1 = 2.0 * math.pi * t.frequency_hz / (self.sample_rate_hz * t.steps)
-        return _KICK_GAIN * amplitude * math.sin(theta1) / (0.5 * contact * t.steps)
+        return self._kick_gain * amplitude * math.sin(theta1) / (0.5 * contact * t.steps)
 
     def _contact(self, t: _Tone) -> int:
         return max(2, int(round(float(t.params[_I["contact_time_s"]]) * self.sample_rate_hz)))
@@ -591,7 +596,7 @@ class Synth:
         theta1 = 2.0 * math.pi * t.frequency_hz / (self.sample_rate_hz * t.steps)
         alpha = max(self._decay_hz(t), _DRIVE_MIN_DECAY)
         return (
-            _KICK_GAIN
+            self._kick_gain
             * amp
             * math.sin(theta1)
             * math.sqrt(2.0 * alpha / self.sample_rate_hz)
