@@ -199,8 +199,12 @@ def _play(args: argparse.Namespace) -> int:
         engine.stop()
         midi.close()
     st = engine.stats()
+    rd = st["render_us"]
+    budget_us = engine.ahead_frames / args.sample_rate * 1e6
     print(f"stopped: {st['frames'] / args.sample_rate:.1f} s played, {st['underruns']} underruns, "
-          f"{st['xruns']} xruns, callback p99 {st['callback_us']['p99']:.0f} µs")
+          f"{st['xruns']} xruns, callback p99 {st['callback_us']['p99']:.0f} µs; a block took "
+          f"{rd['median']:.0f} µs (median), {rd['p99.9']:.0f} µs (p99.9), {rd['max']:.0f} µs (max) "
+          f"of its {budget_us:.0f} µs" + ("; raise --ahead-ms" if st["underruns"] else ""))
     return 0
 
 
