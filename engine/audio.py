@@ -103,8 +103,8 @@ class AudioDeviceError(RuntimeError):
 
 class DurationHistogram:
     """Durations in µs counted in log-spaced bins (20 a decade, 1 µs to 1 s), allocated once:
-    percentiles over a whole run without keeping every value (within ±6%, a bin's width);
-    min and max are exact. ``add`` may be called from the audio callback."""
+    percentiles over a whole run without keeping every value (the order statistic's bin
+    middle: within ±3%); min and max are exact. ``add`` may be called from the audio callback."""
 
     BINS_PER_DECADE = 20
 
@@ -479,7 +479,7 @@ class LiveEngine:
 
     def stats(self) -> dict[str, float]:
         """Underruns, xruns, and the callback's and the render's time (µs) over the whole run:
-        min, median, p99, p99.9, max (percentiles within ±6%: :class:`DurationHistogram`)."""
+        min, median, p99, p99.9, max (percentiles within ±3%: :class:`DurationHistogram`)."""
 
         def pct(h: DurationHistogram) -> dict[str, float]:
             return {

@@ -92,20 +92,42 @@ def test_live_note_plays_in_tune_at_real_pace(jack_output):
     assert abs(cents(fundamental_hz(y, 48_000), note_to_hz(57))) < 3.0
 
 
+def clean_device_run(measure, attempts: int = 4):
+    """``measure()`` returns ``(result, xruns during the measured window)``; run it until the
+    JACK dummy device kept real time throughout (no xrun in the window) and return that
+    result. On a loaded machine the dummy driver's cycles stall now and then, and a device
+    that skips time cannot keep wall-clock spacing, whatever the engine does. Fails when no
+    attempt ran clean."""
+    seen = []
+    for _ in range(attempts):
+        result, xruns = measure()
+        if xruns == 0:
+            return result
+        seen.append(xruns)
+    pytest.fail(f"the JACK dummy device stalled in each of {attempts} attempts (xruns {seen}): "
+                "this machine is too loaded to measure timing")
+
+
 def test_events_keep_their_spacing_to_the_sample(jack_output):
     """Two notes stamped 100 ms apart start 4800 samples apart, whatever the block grid."""
     from engine.synth import Synth
 
-    synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000)
-    # 8 blocks ahead: headroom for a loaded test machine (the spacing does not depend on it)
-    engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_frames=8 * 128, capture_s=4.0)
-    engine.start()
-    time.sleep(1.3)  # past the clock's first 1 s window, in which its estimate still settles
-    t = time.perf_counter_ns()
-    engine.post(("note_on", 60, 100, 0), arrival_ns=t)
-    engine.post(("note_on", 67, 100, 1), arrival_ns=t + 100_000_000)
-    time.sleep(0.6)
-    engine.stop()
+    def measure():
+        synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000)
+        # 8 blocks ahead: headroom for a loaded test machine (the spacing does not depend on it)
+        engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_frames=8 * 128,
+                            capture_s=4.0)  # fmt: skip
+        engine.start()
+        time.sleep(1.3)  # past the clock's first 1 s window, in which its estimate still settles
+        xruns = engine.xruns
+        t = time.perf_counter_ns()
+        engine.post(("note_on", 60, 100, 0), arrival_ns=t)
+        engine.post(("note_on", 67, 100, 1), arrival_ns=t + 100_000_000)
+        time.sleep(0.6)
+        engine.stop()
+        return engine, engine.xruns - xruns
+
+    engine = clean_device_run(measure)
     (f1, e1), (f2, e2) = list(engine.event_log)
     assert (e1[1], e2[1]) == (60, 67)
     assert engine.stats()["late_events"] == 0, f"the render thread fell behind: {engine.stats()}"
@@ -187,29 +209,35 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
     mid.save(song)
     score = read_midi_file(song, 48_000)
 
-    midi = MidiInput(api="jack", client_name="neirosynth-test")
-    midi.open_virtual("in")
-    synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000, release_s=0.05)
-    engine = LiveEngine(synth, device=jack_output, midi=midi, ahead_frames=4 * 128, capture_s=4.0)
-    # connect first: a JACK graph change stalls the dummy driver for a moment
-    sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sender")
-    port = [i for i, name in enumerate(sender.get_ports()) if "neirosynth-test" in name]
-    assert port, sender.get_ports()
-    sender.open_port(port[0])
-    engine.start()
-    try:
-        time.sleep(1.2)  # past the clock's first window
-        t0 = time.perf_counter()
-        for ev in score.events:
-            while time.perf_counter() - t0 < ev.sample / 48_000:
-                time.sleep(0.0005)
-            status = 0x90 if ev.kind == "note_on" else 0x80
-            sender.send_message([status | ev.channel, ev.note, ev.velocity])
-        time.sleep(0.4)
-    finally:
-        sender.close_port()
-        engine.stop()
-        midi.close()
+    def measure():
+        midi = MidiInput(api="jack", client_name="neirosynth-test")
+        midi.open_virtual("in")
+        synth = Synth(CpuFdtd(32, 4, 128), _preset(), sample_rate_hz=48_000, release_s=0.05)
+        engine = LiveEngine(synth, device=jack_output, midi=midi, ahead_frames=4 * 128,
+                            capture_s=4.0)  # fmt: skip
+        # connect first: a JACK graph change stalls the dummy driver for a moment
+        sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "sender")
+        port = [i for i, name in enumerate(sender.get_ports()) if "neirosynth-test" in name]
+        assert port, sender.get_ports()
+        sender.open_port(port[0])
+        engine.start()
+        try:
+            time.sleep(1.2)  # past the clock's first window
+            xruns = engine.xruns
+            t0 = time.perf_counter()
+            for ev in score.events:
+                while time.perf_counter() - t0 < ev.sample / 48_000:
+                    time.sleep(0.0005)
+                status = 0x90 if ev.kind == "note_on" else 0x80
+                sender.send_message([status | ev.channel, ev.note, ev.velocity])
+            time.sleep(0.4)
+        finally:
+            sender.close_port()
+            engine.stop()
+            midi.close()
+        return engine, engine.xruns - xruns
+
+    engine = clean_device_run(measure)
     ons = [(frame, ev[3]) for frame, ev in engine.event_log if ev[0] == "midi" and ev[1] == 1]
     assert [n for _, n in ons] == [57, 64, 69], list(engine.event_log)
     audio = engine.captured[:, 0]
@@ -275,7 +303,7 @@ def test_a_device_plugged_in_after_start_is_found_by_a_rescan(tmp_path):
 
 
 def test_duration_histogram_percentiles_against_numpy(seed):
-    """Whole-run percentiles from log bins: within one bin's width (±6%) of numpy's."""
+    """Whole-run percentiles from log bins: within half a bin (±3%) of numpy's order statistic."""
     from engine.audio import DurationHistogram
 
     rng = np.random.default_rng(seed)
@@ -286,8 +314,10 @@ def test_duration_histogram_percentiles_against_numpy(seed):
         h.add(float(v))
     assert h.n == len(values) and h.min == values.min() and h.max == values.max()
     for q in (1, 50, 90, 99, 99.9):
-        want = np.percentile(values, q)
-        assert abs(np.log10(h.percentile(q) / want)) <= 1.0 / 20, f"seed={seed}: p{q} {h.percentile(q)} vs {want}"
+        # the order statistic (no interpolation between far-apart tail values), within half a bin
+        want = np.percentile(values, q, method="inverted_cdf")
+        err = abs(np.log10(h.percentile(q) / want))
+        assert err <= 1.0 / 40 + 1e-12, f"seed={seed}: p{q} {h.percentile(q)} vs {want}"
     assert np.isnan(DurationHistogram().percentile(50))
 
 
