@@ -40,6 +40,8 @@ READBACK_MODES = ("spin", "thread")
 log = logging.getLogger(__name__)
 
 _STORAGE_IN = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
+#: A spinning readback gives up after this long (a lost or hung device) instead of forever.
+_READBACK_TIMEOUT_S = 2.0
 #: Cells each invocation owns (``CELLS`` in shaders/fdtd.wgsl).
 _CELLS = 4
 #: llvmpipe (Mesa's lavapipe) gives each shader invocation one budget of loop iterations for
@@ -287,8 +289,15 @@ class GpuFdtd:
         poll = getattr(self.device, "_poll", None)
         if self.readback == "spin" and poll is not None:
             promise = buffer.map_async("READ_NOSYNC", 0, nbytes)
+            give_up = time.perf_counter_ns() + int(_READBACK_TIMEOUT_S * 1e9)
             while getattr(promise, "_state", "fulfilled") == "pending":
                 poll(False)
+                if time.perf_counter_ns() > give_up:
+                    raise RuntimeError(
+                        f"the GPU ({self.adapter_summary}) did not return a block's pickups "
+                        f"within {_READBACK_TIMEOUT_S:g} s; the device may be lost: restart "
+                        "NeiroSynth, or play on the CPU backend (--backend cpu)"
+                    )
             promise.sync_wait()
         else:
             buffer.map_sync(wgpu.MapMode.READ, 0, nbytes)

@@ -412,3 +412,27 @@ def test_both_readbacks_return_the_same_block(adapter, seed):
     np.testing.assert_array_equal(backends[0].read_fields(2), backends[1].read_fields(2))
     with pytest.raises(ValueError, match="readback=.busy.; expected one of spin, thread"):
         GpuFdtd(n, 1, frames, adapter=adapter, readback="busy")
+
+
+def test_a_gpu_that_never_answers_gives_a_clear_error(adapter, monkeypatch):
+    """A hung or lost device (stood in for by a device poll that never completes the map:
+    a real one cannot be made to hang on purpose) ends the spin with a clear error, which the
+    render thread turns into a silent block, instead of spinning forever."""
+    import engine.fdtd as fdtd
+
+    gpu = GpuFdtd(32, 1, 16, adapter=adapter)
+    plan = gpu.new_plan()
+    plan.add_voice(0, 1, plan.add_record(np.zeros((), RECORD_DTYPE)))
+    gpu.run(plan)  # a healthy block first
+    monkeypatch.setattr(fdtd, "_READBACK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(gpu.device, "_poll", lambda block=False: None)
+    monkeypatch.setattr(gpu.device._poller, "get_token", lambda: _NeverDone())
+    with pytest.raises(RuntimeError, match=r"did not return a block's pickups within 0.2 s; the device may be lost"):
+        gpu.run(plan)
+
+
+class _NeverDone:
+    """A poll token whose thread never polls (the stand-in for a hung device)."""
+
+    def set_done(self) -> None:
+        pass
