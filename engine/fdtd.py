@@ -29,13 +29,21 @@ from typing import Literal
 import numpy as np
 import wgpu
 
-from .block import EVENT_DTYPE, HEADER_DTYPE, RECORD_DTYPE, BlockPlan, check_fields, check_map
+from .block import (
+    EVENT_DTYPE,
+    HEADER_DTYPE,
+    RECORD_DTYPE,
+    RECORD_RESET,
+    BlockPlan,
+    check_fields,
+    check_map,
+)
 from .gpu import choose_adapter, create_device, load_shader
 
 __all__ = ["GpuFdtd", "READBACK_MODES"]
 
 #: How :meth:`GpuFdtd.run` may wait for a block's pickups (see :meth:`GpuFdtd._map_read`).
-READBACK_MODES = ("spin", "thread")
+READBACK_MODES = ("spin", "nap", "thread")
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +96,13 @@ class GpuFdtd:
         max_events_per_voice: most parameter events a voice may have in one block.
         adapter: a ``wgpu.GPUAdapter``, or a name for :func:`engine.gpu.choose_adapter`.
         readback: how a block waits for its pickups: ``"spin"`` (polling on the calling
-            thread, the default) or ``"thread"`` (wgpu-py's poll thread); see :meth:`_map_read`.
+            thread, the default), ``"nap"`` (sleeping through most of the GPU time the block
+            should take, then polling) or ``"thread"`` (wgpu-py's poll thread); see
+            :meth:`_map_read`.
+        profile: time each :meth:`run`'s phases into :attr:`last_timing_ns` (host clock:
+            start, uploaded, submitted, mapped, copied) and, where the adapter has the
+            ``timestamp-query`` feature, the compute pass on the GPU's own clock into
+            :attr:`last_kernel_ns` (for ``bench/``; costs a few µs a block).
 
     Each voice runs as one workgroup of ``grid_n² / 4`` invocations (1024 at 64×64).
 
@@ -110,6 +124,7 @@ class GpuFdtd:
         max_events_per_voice: int = 32,
         adapter: wgpu.GPUAdapter | str | None = None,
         readback: Literal["spin", "thread"] = "spin",
+        profile: bool = False,
     ) -> None:
         t0 = time.perf_counter()
         if readback not in READBACK_MODES:
@@ -142,6 +157,16 @@ class GpuFdtd:
         self.max_steps_per_sample = max_steps_per_sample
         self.max_events_per_voice = max_events_per_voice
         self.workgroup_size = workgroup_size
+        self.profile = profile
+        self.has_timestamps = profile and "timestamp-query" in adapter.features
+        #: host perf_counter_ns at the phases of the last run (profile only): start, buffers
+        #: written, submitted, pickups mapped, pickups copied
+        self.last_timing_ns = np.zeros(5, np.int64)
+        #: the last run's compute pass on the GPU clock, ns (profile with timestamps only)
+        self.last_kernel_ns = 0
+        # submit-to-mapped time per FDTD step of recent blocks ("nap" predicts from the least)
+        self._wait_per_step_ns = np.zeros(32, np.float64)
+        self._waits = 0
         plan = self.new_plan()
         nn = grid_n * grid_n
         sizes = {
@@ -150,7 +175,8 @@ class GpuFdtd:
             "events": plan.events.nbytes,
             "force": plan.force.nbytes,
             "maps": n_map_slots * 2 * nn * 4,
-            "fields": max_voices * 2 * nn * 4,
+            # one more slot than voices: the scratch voice of warm_up
+            "fields": (max_voices + 1) * 2 * nn * 4,
             "pickups": plan.max_out * 4,
         }
         self.device = create_device(
@@ -158,6 +184,7 @@ class GpuFdtd:
             workgroup_storage_bytes=2 * nn * 4,
             storage_buffer_bytes=max(sizes.values()),
             invocations_per_workgroup=workgroup_size,
+            features=("timestamp-query",) if self.has_timestamps else (),
         )
         dev = self.device
         self._headers = dev.create_buffer(label="headers", size=sizes["headers"], usage=_STORAGE_IN)
@@ -175,11 +202,18 @@ class GpuFdtd:
             size=sizes["pickups"],
             usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC,
         )
+        # the staging buffer also takes the two timestamps, after the pickups
+        self._ts_offset = (sizes["pickups"] + 255) // 256 * 256
         self._staging = dev.create_buffer(
             label="pickups-staging",
-            size=sizes["pickups"],
+            size=self._ts_offset + 16 if self.has_timestamps else sizes["pickups"],
             usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST,
         )
+        if self.has_timestamps:
+            self._queries = dev.create_query_set(type="timestamp", count=2)
+            self._query_buf = dev.create_buffer(
+                size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+            )
         self._field_staging = dev.create_buffer(
             label="fields-staging",
             size=2 * nn * 4,
@@ -188,7 +222,7 @@ class GpuFdtd:
         self._out = np.zeros(plan.max_out, np.float32)
         self._field_out = np.zeros((2, grid_n, grid_n), np.float32)
         # Fresh fields and maps are zero; write zeros anyway so no driver garbage is ever read.
-        dev.queue.write_buffer(self._fields, 0, np.zeros(max_voices * 2 * nn, np.float32))
+        dev.queue.write_buffer(self._fields, 0, np.zeros((max_voices + 1) * 2 * nn, np.float32))
         # A map slot that was never uploaded is a uniform unit-stiffness, undamped body.
         blank = np.zeros((n_map_slots, 2, nn), np.float32)
         blank[:, 0] = 1.0
@@ -230,6 +264,44 @@ class GpuFdtd:
             self.startup_s,
         )
 
+    def warm_up(self, duration_s: float = 0.5) -> float:
+        """Run full-size blocks (every voice, four steps a sample, a force, an event) on a
+        scratch field slot for ``duration_s``, then return the seconds it took; no voice's
+        state changes. Call before real-time use, off the audio thread.
+
+        The first blocks on a fresh device are slow: on an H100 host, submits and maps in the
+        first 2 s of a live run took up to 124 ms and 41 ms (the driver and wgpu growing their
+        pools; bench/soak.py --profile). On a CPU adapter one small block only: a full one
+        takes seconds there.
+        """
+        t0 = time.perf_counter()
+        scratch = self.max_voices
+        plan = self.new_plan()
+        rec = np.zeros((), RECORD_DTYPE)
+        rec["c2"] = 0.1
+        rec["exc_x"] = rec["exc_y"] = self.grid_n / 2
+        rec["exc_inv_2w2"] = 0.5
+        rec["exc_norm"] = 1.0
+        rec["pick_lx"] = rec["pick_ly"] = rec["pick_rx"] = rec["pick_ry"] = 1.0
+        rec["flags"] = RECORD_RESET
+        small = self.is_cpu_adapter
+        n_voices = 1 if small else self.max_voices
+        steps = 1 if small else min(4, self.max_steps_per_sample)
+        kick = np.zeros(self.block_frames, np.float32)
+        kick[:4] = 1.0
+        runs = 0
+        while runs < 3 or (not small and time.perf_counter() - t0 < duration_s):
+            plan.clear()
+            first = plan.add_record(rec)
+            again = plan.add_record(rec)
+            for _ in range(n_voices):
+                plan.add_voice(scratch, steps, first, kick, [(self.block_frames // 2, again)])
+            self.run(plan)
+            runs += 1
+        elapsed = time.perf_counter() - t0
+        log.info("GPU warmed up: %d blocks in %.2f s", runs, elapsed)
+        return elapsed
+
     def new_plan(self) -> BlockPlan:
         """A :class:`~engine.block.BlockPlan` sized for this backend."""
         return BlockPlan.sized_for(self)
@@ -247,32 +319,66 @@ class GpuFdtd:
         """
         if plan.n_voices == 0:
             return self._out[:0]
+        timing = self.last_timing_ns if self.profile else None
+        if timing is not None:
+            timing[0] = time.perf_counter_ns()
         q = self.device.queue
         q.write_buffer(self._headers, 0, plan.headers[: plan.n_voices])
         q.write_buffer(self._records, 0, plan.records[: plan.n_records])
         if plan.n_events:
             q.write_buffer(self._events, 0, plan.events[: plan.n_events])
         q.write_buffer(self._force, 0, plan.force[: plan.n_voices * plan.block_frames])
+        if timing is not None:
+            timing[1] = time.perf_counter_ns()
         encoder = self.device.create_command_encoder()
-        cpass = encoder.begin_compute_pass()
+        stamps = self.has_timestamps
+        cpass = encoder.begin_compute_pass(
+            timestamp_writes={
+                "query_set": self._queries,
+                "beginning_of_pass_write_index": 0,
+                "end_of_pass_write_index": 1,
+            }
+            if stamps
+            else None
+        )
         cpass.set_pipeline(self._pipeline)
         cpass.set_bind_group(0, self._bind_group)
         cpass.dispatch_workgroups(plan.n_voices, 1, 1)
         cpass.end()
         nbytes = plan.out_size * 4
         encoder.copy_buffer_to_buffer(self._pickups, 0, self._staging, 0, nbytes)
+        map_bytes = nbytes
+        if stamps:
+            encoder.resolve_query_set(self._queries, 0, 2, self._query_buf, 0)
+            encoder.copy_buffer_to_buffer(self._query_buf, 0, self._staging, self._ts_offset, 16)
+            map_bytes = self._ts_offset + 16
+        steps = int(plan.headers["steps_per_sample"][: plan.n_voices].max()) * plan.block_frames
         q.submit([encoder.finish()])
-        self._map_read(self._staging, nbytes)
+        submitted = time.perf_counter_ns()
+        if timing is not None:
+            timing[2] = submitted
+        self._map_read(self._staging, map_bytes, steps)
+        mapped = time.perf_counter_ns()
+        if timing is not None:
+            timing[3] = mapped
+        self._wait_per_step_ns[self._waits & 31] = (mapped - submitted) / steps
+        self._waits += 1
         try:
-            view = self._staging.read_mapped(0, nbytes, copy=False)
-            self._out[: plan.out_size] = np.frombuffer(view, np.float32)
+            view = self._staging.read_mapped(0, map_bytes, copy=False)
+            self._out[: plan.out_size] = np.frombuffer(view, np.float32, plan.out_size)
+            if stamps:
+                t = np.frombuffer(view, np.uint64, 2, self._ts_offset)
+                self.last_kernel_ns = int(t[1]) - int(t[0])
             del view
         finally:
             self._staging.unmap()
+        if timing is not None:
+            timing[4] = time.perf_counter_ns()
         return self._out[: plan.out_size]
 
-    def _map_read(self, buffer: wgpu.GPUBuffer, nbytes: int) -> None:
-        """Map ``buffer`` for reading once the submitted work is done.
+    def _map_read(self, buffer: wgpu.GPUBuffer, nbytes: int, steps: int = 0) -> None:
+        """Map ``buffer`` for reading once the submitted work (``steps`` FDTD steps long)
+        is done.
 
         ``"spin"`` (the default): this thread polls the device without blocking until the map
         has resolved. ``"thread"``: ``map_sync``, which sleeps until wgpu-py's per-device poll
@@ -285,10 +391,20 @@ class GpuFdtd:
         audio-callback thread; a *blocking* device poll on this thread instead took 10.6 ms.
         wgpu-py has no public non-blocking poll: ``GPUDevice._poll`` and the promise's
         ``_state`` are its internals (wgpu is pinned to 0.32); without them, ``map_sync``.
+
+        ``"nap"``: as ``"spin"``, after sleeping through three quarters of the time the least
+        of the last 32 blocks took a step, less 150 µs (a sleep overshoots by ~50–100 µs):
+        the thread then holds neither a core nor the GIL for most of the kernel's run, which
+        the audio callback needs.
         """
         poll = getattr(self.device, "_poll", None)
-        if self.readback == "spin" and poll is not None:
+        if self.readback in ("spin", "nap") and poll is not None:
             promise = buffer.map_async("READ_NOSYNC", 0, nbytes)
+            if self.readback == "nap" and steps and self._waits >= 8:
+                recent = self._wait_per_step_ns[: min(self._waits, 32)]
+                nap_ns = 0.75 * recent.min() * steps - 150_000
+                if nap_ns > 100_000:
+                    time.sleep(nap_ns * 1e-9)
             give_up = time.perf_counter_ns() + int(_READBACK_TIMEOUT_S * 1e9)
             while getattr(promise, "_state", "fulfilled") == "pending":
                 poll(False)

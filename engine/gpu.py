@@ -118,8 +118,10 @@ def create_device(
     workgroup_storage_bytes: int,
     storage_buffer_bytes: int,
     invocations_per_workgroup: int = 256,
+    features: tuple[str, ...] = (),
 ) -> wgpu.GPUDevice:
-    """A device with the workgroup memory and buffer sizes the engine needs.
+    """A device with the workgroup memory and buffer sizes the engine needs (and ``features``,
+    which the caller checked the adapter has).
 
     Raises:
         NoAdapterError: the adapter's limits are too small, with the numbers.
@@ -142,6 +144,7 @@ def create_device(
             f"{invocations_per_workgroup}. Use a smaller grid or fewer voices."
         )
     return adapter.request_device_sync(
+        required_features=list(features),
         required_limits={
             "max-compute-workgroup-storage-size": workgroup_storage_bytes,
             "max-storage-buffer-binding-size": storage_buffer_bytes,

@@ -16,7 +16,7 @@ import wgpu
 
 from conftest import smooth_map
 from engine.block import RECORD_DTYPE, RECORD_RESET, BlockPlan
-from engine.fdtd import GpuFdtd
+from engine.fdtd import READBACK_MODES, GpuFdtd
 from engine.gpu import NoAdapterError, choose_adapter, load_shader
 from engine.reference import ReferenceFdtd, laplacian
 
@@ -382,21 +382,23 @@ def test_three_backends_agree_from_a_written_state(adapter, seed):
         backends["numba32"].write_fields(0, np.full((2, n, n), np.nan))
 
 
-def test_both_readbacks_return_the_same_block(adapter, seed):
-    """Waiting for the pickups on the calling thread (poll) or wgpu-py's poll thread gives the
-    same bits, block after block (a map that resolved before the copy landed would not)."""
+def test_every_readback_returns_the_same_block(adapter, seed):
+    """Waiting for the pickups by polling on the calling thread (``spin``), by sleeping through
+    most of the predicted kernel time first (``nap``, from the 9th block on) or on wgpu-py's
+    poll thread gives the same bits, block after block (a map that resolved before the copy
+    landed would not)."""
     rng = np.random.default_rng(seed)
     n, frames = 32, 64
     maps = random_maps(rng, n)
     max_s = max(m[0].max() for m in maps)
-    backends = [GpuFdtd(n, 3, frames, adapter=adapter, readback=r) for r in ("spin", "thread")]
+    backends = [GpuFdtd(n, 3, frames, adapter=adapter, readback=r) for r in READBACK_MODES]
     for gpu in backends:
         for slot, (s, d) in enumerate(maps):
             gpu.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
     records = [random_record(rng, n, max_s, flags=RECORD_RESET) for _ in range(3)]
     forces = [pulse(rng, frames, int(rng.integers(0, 20))) for _ in range(3)]
     outs = {r.readback: [] for r in backends}
-    for block in range(5):
+    for block in range(12):
         for gpu in backends:
             plan = gpu.new_plan()
             for v in range(3):
@@ -406,12 +408,82 @@ def test_both_readbacks_return_the_same_block(adapter, seed):
                 head = plan.add_record(rec)
                 plan.add_voice(v, 1 + v, head, forces[v] if block == 0 else None)
             outs[gpu.readback].append(gpu.run(plan).copy())
-    for a, b in zip(outs["spin"], outs["thread"]):
+    assert READBACK_MODES == ("spin", "nap", "thread")
+    for mode in ("nap", "thread"):
+        for a, b in zip(outs["spin"], outs[mode]):
+            assert np.abs(a).max() > 0, f"seed={seed}"
+            np.testing.assert_array_equal(a, b, err_msg=f"seed={seed} {mode}")
+        np.testing.assert_array_equal(
+            backends[0].read_fields(2), backends[READBACK_MODES.index(mode)].read_fields(2)
+        )
+    with pytest.raises(ValueError, match="readback=.busy.; expected one of spin, nap, thread"):
+        GpuFdtd(n, 1, frames, adapter=adapter, readback="busy")
+
+
+def test_profiled_runs_give_the_same_block_and_ordered_phases(adapter, seed):
+    """``profile=True`` (the benchmarks' timing of a block's phases and, where the adapter has
+    timestamp queries, its compute pass on the GPU clock) changes no bit of the output; the
+    host phases come in order and the compute pass fits inside the submit-to-map span."""
+    rng = np.random.default_rng(seed)
+    n, frames = 32, 64
+    maps = random_maps(rng, n)
+    max_s = max(m[0].max() for m in maps)
+    backends = [GpuFdtd(n, 2, frames, adapter=adapter, profile=p) for p in (False, True)]
+    for gpu in backends:
+        for slot, (s, d) in enumerate(maps):
+            gpu.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+    records = [random_record(rng, n, max_s, flags=RECORD_RESET) for _ in range(2)]
+    force = pulse(rng, frames, int(rng.integers(0, 20)))
+    outs: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    for block in range(3):
+        for gpu in backends:
+            plan = gpu.new_plan()
+            for v in range(2):
+                rec = records[v].copy()
+                if block:
+                    rec["flags"] = 0
+                plan.add_voice(v, 2, plan.add_record(rec), force if block == 0 else None)
+            outs[gpu.profile].append(gpu.run(plan).copy())
+            if gpu.profile:
+                t = gpu.last_timing_ns
+                assert np.all(np.diff(t) >= 0) and t[0] > 0, t
+                if gpu.has_timestamps:
+                    # the pass ran between the submit and the mapped pickups (GPU clock in ns)
+                    assert 0 < gpu.last_kernel_ns <= t[3] - t[1], (gpu.last_kernel_ns, t)
+    assert backends[1].has_timestamps == ("timestamp-query" in backends[1].adapter.features)
+    assert not backends[0].has_timestamps
+    for a, b in zip(outs[False], outs[True]):
         assert np.abs(a).max() > 0, f"seed={seed}"
         np.testing.assert_array_equal(a, b, err_msg=f"seed={seed}")
-    np.testing.assert_array_equal(backends[0].read_fields(2), backends[1].read_fields(2))
-    with pytest.raises(ValueError, match="readback=.busy.; expected one of spin, thread"):
-        GpuFdtd(n, 1, frames, adapter=adapter, readback="busy")
+
+
+def test_warm_up_changes_no_voice(adapter, seed):
+    """``warm_up`` runs its blocks on a scratch slot: a voice that was sounding before goes on
+    exactly as on a backend that was never warmed up."""
+    rng = np.random.default_rng(seed)
+    n, frames = 32, 32
+    maps = random_maps(rng, n)
+    max_s = max(m[0].max() for m in maps)
+    rec = random_record(rng, n, max_s, flags=RECORD_RESET)
+    force = pulse(rng, frames, 3)
+    backends = [GpuFdtd(n, 2, frames, adapter=adapter) for _ in range(2)]
+    outs = []
+    for i, gpu in enumerate(backends):
+        for slot, (s, d) in enumerate(maps):
+            gpu.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+        for block in range(2):
+            if block == 1 and i == 1:
+                assert gpu.warm_up(0.05) > 0
+            plan = gpu.new_plan()
+            r = rec.copy()
+            if block:
+                r["flags"] = 0
+            plan.add_voice(1, 2, plan.add_record(r), force if block == 0 else None)
+            out = gpu.run(plan).copy()
+        outs.append((out, gpu.read_fields(1), gpu.read_fields(0)))
+    assert np.abs(outs[0][0]).max() > 0
+    for a, b in zip(outs[0], outs[1]):
+        np.testing.assert_array_equal(a, b, err_msg=f"seed={seed}")
 
 
 def test_a_gpu_that_never_answers_gives_a_clear_error(adapter, monkeypatch):
