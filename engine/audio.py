@@ -60,6 +60,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -248,6 +249,14 @@ class LiveEngine:
         midi: an :class:`engine.midi.MidiInput` whose queued events the render thread plays,
             each at the frame its arrival stamp maps to, through ``router``
             (an :class:`engine.midi.MidiRouter`, made if not given: MPE included).
+        rt_priority: run the render thread under ``SCHED_FIFO`` at this priority (1–99; below
+            the JACK server's, e.g. 60 under a realtime ``jackd``), as audio threads are run:
+            a normal-priority thread can be preempted for milliseconds on a busy machine.
+            Needs the right (root, or ``rtprio`` in ``/etc/security/limits.d/audio.conf``);
+            without it the thread keeps normal priority and :attr:`rt_status` says why.
+            Linux only; ``None`` (the default) leaves the scheduling alone.
+        log_blocks: how many blocks :attr:`render_log` and callbacks :attr:`callback_ns`
+            keep (a power of two; the benchmarks keep a whole run).
 
     Methods other than the callback may be called from any thread except where stated.
     """
@@ -264,6 +273,8 @@ class LiveEngine:
         capture_s: float = 0.0,
         midi=None,
         router=None,
+        rt_priority: int | None = None,
+        log_blocks: int = 4096,
     ) -> None:
         if not 32 <= period_frames <= 1024:
             raise ValueError(f"period_frames={period_frames} outside 32..1024")
@@ -272,6 +283,14 @@ class LiveEngine:
         ahead_frames = int(ahead_frames)
         if ahead_frames < 1:
             raise ValueError(f"ahead_frames={ahead_frames} must be >= 1")
+        if log_blocks < 16 or log_blocks & (log_blocks - 1):
+            raise ValueError(f"log_blocks={log_blocks}: expected a power of two >= 16")
+        if rt_priority is not None and not 1 <= int(rt_priority) <= 99:
+            raise ValueError(f"rt_priority={rt_priority}: expected 1..99 (SCHED_FIFO) or None")
+        self.rt_priority = None if rt_priority is None else int(rt_priority)
+        #: how the render thread is scheduled ("normal", "SCHED_FIFO 60", or why not)
+        self.rt_status = "normal"
+        self._log_mask = log_blocks - 1
         self.synth = synth
         self.sample_rate_hz = synth.sample_rate_hz
         self.block_frames = synth.block_frames
@@ -329,15 +348,21 @@ class LiveEngine:
         self._skipped = 0  # device frames the callback filled with zeros (underruns)
         # statistics, preallocated
         self._cb_hist = DurationHistogram()
+        #: how late each callback came against the clock (µs): a waiting GIL or a
+        #: descheduled audio thread shows here, not in the callback's own run time
+        self._late_hist = DurationHistogram()
         self._cb_count = 0
         #: per callback: the first frame it handed over and when it started (perf_counter_ns)
-        self.callback_frames = np.zeros(4096, np.int64)
-        self.callback_ns = np.zeros(4096, np.int64)
+        self.callback_frames = np.zeros(log_blocks, np.int64)
+        self.callback_ns = np.zeros(log_blocks, np.int64)
         self._render_hist = DurationHistogram()
-        #: the last 4096 blocks: (first device frame, due, started, finished) in frames / ns
-        self.render_log = np.zeros((4096, 4), np.int64)
-        #: the last 1024 underruns: (first device frame of the callback, its start in ns)
-        self.underrun_log = np.zeros((1024, 2), np.int64)
+        #: the last ``log_blocks`` blocks: (first device frame, due, started, finished) in
+        #: frames / ns
+        self.render_log = np.zeros((log_blocks, 4), np.int64)
+        #: the last ``log_blocks`` underruns and xruns: (first device frame of the callback,
+        #: its start in ns)
+        self.underrun_log = np.zeros((log_blocks, 2), np.int64)
+        self.xrun_log = np.zeros((log_blocks, 2), np.int64)
         self._render_count = 0
         self.underruns = 0
         self.xruns = 0
@@ -479,7 +504,8 @@ class LiveEngine:
 
     def stats(self) -> dict[str, float]:
         """Underruns, xruns, and the callback's and the render's time (µs) over the whole run:
-        min, median, p99, p99.9, max (percentiles within ±3%: :class:`DurationHistogram`)."""
+        min, median, p99, p99.9, max (percentiles within ±3%: :class:`DurationHistogram`);
+        ``callback_late_us``: how much later than the clock the callbacks came."""
 
         def pct(h: DurationHistogram) -> dict[str, float]:
             return {
@@ -500,6 +526,7 @@ class LiveEngine:
             "peak": self.peak,
             "device_errors": self.device_errors,
             "callback_us": pct(self._cb_hist),
+            "callback_late_us": pct(self._late_hist),
             "render_us": pct(self._render_hist),
         }
 
@@ -509,10 +536,13 @@ class LiveEngine:
         t0 = time.perf_counter_ns()
         self._last_callback_ns = t0
         if status.output_underflow:
+            k = self.xruns & self._log_mask
+            self.xrun_log[k, 0] = self._frames_read
+            self.xrun_log[k, 1] = t0
             self.xruns += 1
         got = self.ring.read_into(outdata)
         if got < frames:
-            k = self.underruns & 1023
+            k = self.underruns & self._log_mask
             self.underrun_log[k, 0] = self._frames_read
             self.underrun_log[k, 1] = t0
             self.underruns += 1
@@ -522,6 +552,8 @@ class LiveEngine:
     def _tick(self, t0: int, frames: int) -> None:
         """The clock and statistics of one callback that started at ``t0`` (audio thread)."""
         base = t0 - self._frames_read * self._ns_per_frame
+        if base > self._base_ns:  # finite: the clock is set
+            self._late_hist.add((base - self._base_ns) * 1e-3)
         if base < self._window_min_ns:
             self._window_min_ns = base
         if self._first_window and base < self._base_ns:
@@ -549,7 +581,7 @@ class LiveEngine:
             self._window_min_ns = float("inf")
             self._window_start_ns = t0
         self._frames_read += frames
-        i = self._cb_count & 4095
+        i = self._cb_count & self._log_mask
         self.callback_frames[i] = self._frames_read - frames
         self.callback_ns[i] = t0
         self._cb_hist.add((time.perf_counter_ns() - t0) * 1e-3)
@@ -577,7 +609,25 @@ class LiveEngine:
         end = self._rendered_frames + self._skipped + self.block_frames
         return base + (end - self.delay_frames) * self._ns_per_frame
 
+    def _raise_priority(self) -> None:
+        """SCHED_FIFO for this (the render) thread, if asked and allowed (render thread)."""
+        if self.rt_priority is None:
+            self.rt_status = "normal"
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
+            self.rt_status = f"SCHED_FIFO {self.rt_priority}"
+        except (AttributeError, OSError) as exc:  # not Linux, or no right to it
+            self.rt_status = f"normal (SCHED_FIFO {self.rt_priority} refused: {exc})"
+            log.warning(
+                "render thread keeps normal priority: SCHED_FIFO %d refused (%s); allow "
+                "realtime scheduling (the audio group's rtprio) for fewer underruns",
+                self.rt_priority,
+                exc,
+            )
+
     def _render_loop(self) -> None:
+        self._raise_priority()
         # Leave a core to the audio callback, MIDI and the GUI: a numba kernel spread over
         # every core waits for its slowest thread, and one preempted thread stalls the block.
         try:
@@ -648,7 +698,7 @@ class LiveEngine:
             self._capture[self._captured : self._captured + n] = block[:n]
             self._captured += n
         self._rendered_frames += self.block_frames
-        i = self._render_count & 4095
+        i = self._render_count & self._log_mask
         t1 = time.perf_counter_ns()
         self._render_hist.add((t1 - t0) * 1e-3)
         self.render_log[i] = (start, due if math.isfinite(due) else 0, t0, t1)

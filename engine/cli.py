@@ -169,12 +169,13 @@ def _play(args: argparse.Namespace) -> int:
     except ValueError:
         latency = args.latency
     engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi,
-                        ahead_frames=ahead, latency=latency)
+                        ahead_frames=ahead, latency=latency, rt_priority=args.rt_priority)
     engine.start()
     print(f"playing {preset.name} on {_describe(backend)}: {where}; audio "
           f"{args.sample_rate} Hz, {args.period}-frame periods, output latency "
           f"{engine.output_latency_s * 1e3:.1f} ms + {engine.delay_frames / args.sample_rate * 1e3:.1f} ms "
-          f"of ours. Ctrl-C stops.")
+          f"of ours" + (f"; render thread {engine.rt_status}" if args.rt_priority else "")
+          + ". Ctrl-C stops.")
     try:
         last_report = time.monotonic()
         while args.seconds is None or time.monotonic() - last_report < args.seconds:
@@ -247,6 +248,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--ahead-ms", type=float, default=None,
                     help="time the engine has to render a block (default: 4 ms, at least a "
                     "block); lower for less latency, raise if the stats show underruns")
+    pl.add_argument("--rt-priority", type=int, default=None,
+                    help="run the render thread under SCHED_FIFO at this priority (1..99, below "
+                    "JACK's; needs realtime rights, e.g. the audio group's rtprio)")
     pl.add_argument("--latency", default="low",
                     help="PortAudio's suggested output latency: seconds, 'low' or 'high'")
     pl.add_argument("--polyphony", type=int, default=16, help="most voices at once")

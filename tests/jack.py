@@ -9,9 +9,9 @@ Public API (``__all__``)
 ``JackServer``
     A running server: ``name``, ``sample_rate``, ``period``, ``pid``, ``env`` (the variables a
     client process needs to reach it), ``log_path``; ``stop()``.
-``start_jack_server(name=None, sample_rate=48_000, period=256, timeout_s=10.0) -> JackServer``
-    Start ``jackd --no-realtime -n NAME -d dummy -r RATE -p PERIOD`` and wait until it accepts
-    clients.
+``start_jack_server(name=None, sample_rate=48_000, period=256, timeout_s=10.0, realtime=False)``
+    Start ``jackd --no-realtime -n NAME -d dummy -r RATE -p PERIOD`` (``--realtime`` if asked)
+    and wait until it accepts clients; returns a ``JackServer``.
 ``dead_registered_servers() -> list[str]``
     This user's servers that JACK2's registry still lists although their process is gone.
 ``JackError``
@@ -146,6 +146,7 @@ def start_jack_server(
     sample_rate: int = 48_000,
     period: int = 256,
     timeout_s: float = 10.0,
+    realtime: bool = False,
 ) -> JackServer:
     """Start a ``jackd`` with the dummy backend and wait until it accepts clients.
 
@@ -154,6 +155,9 @@ def start_jack_server(
         sample_rate: the dummy backend's rate.
         period: frames per cycle.
         timeout_s: how long to wait for the server to accept a client (``jack_lsp``).
+        realtime: run ``jackd`` and its clients' process threads under SCHED_FIFO
+            (``--realtime``, as on a studio machine; needs the right to); default
+            ``--no-realtime``.
 
     Returns:
         The running server. The caller must call :meth:`JackServer.stop`.
@@ -176,7 +180,7 @@ def start_jack_server(
         )
     name = name or f"neirotest-{os.getpid()}-{secrets.token_hex(3)}"
     try:
-        return _launch(jackd, jack_lsp, name, sample_rate, period, timeout_s)
+        return _launch(jackd, jack_lsp, name, sample_rate, period, timeout_s, realtime)
     except JackError as exc:
         if _REGISTRY_FULL not in str(exc):
             raise
@@ -193,7 +197,7 @@ def start_jack_server(
             _launch(jackd, jack_lsp, dead_name, sample_rate, period, timeout_s).stop()
         except JackError:
             pass
-    return _launch(jackd, jack_lsp, name, sample_rate, period, timeout_s)
+    return _launch(jackd, jack_lsp, name, sample_rate, period, timeout_s, realtime)
 
 
 _REGISTRY = Path("/dev/shm/jack-shm-registry")
@@ -233,7 +237,10 @@ def dead_registered_servers() -> list[str]:
     return dead
 
 
-def _launch(jackd: str, jack_lsp: str, name: str, sample_rate: int, period: int, timeout_s: float) -> JackServer:
+def _launch(
+    jackd: str, jack_lsp: str, name: str, sample_rate: int, period: int, timeout_s: float,
+    realtime: bool = False,
+) -> JackServer:  # fmt: skip
     env_vars = {
         "JACK_DEFAULT_SERVER": name,
         "JACK_NO_START_SERVER": "1",
@@ -243,7 +250,7 @@ def _launch(jackd: str, jack_lsp: str, name: str, sample_rate: int, period: int,
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     log_fd, log_name = tempfile.mkstemp(prefix=f"jackd-{safe}-", suffix=".log")
     cmd = [
-        jackd, "--no-realtime", "--name", name,
+        jackd, "--realtime" if realtime else "--no-realtime", "--name", name,
         "-d", "dummy", "-r", str(sample_rate), "-p", str(period),
     ]  # fmt: skip
     try:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -85,11 +86,60 @@ def test_live_note_plays_in_tune_at_real_pace(jack_output):
     # the callback ran at the device's pace: frames consumed ≈ wall time × rate
     assert 0.8 < stats["frames"] / (elapsed * 48_000) < 1.2, stats
     assert stats["silenced_blocks"] == 0 and stats["device_errors"] == 0, stats
+    # callbacks come no earlier than the clock, and on average within a few periods of it
+    late = stats["callback_late_us"]
+    assert 0.0 <= late["min"] <= late["median"] < 4 * 128 / 48_000 * 1e6, stats
     audio = engine.captured
     assert np.all(np.isfinite(audio)) and 1e-3 < np.abs(audio).max() < 1.0
     onset = int(np.argmax(np.abs(audio[:, 0]) > 1e-4))
     y = audio[onset : onset + 48_000, 0]
     assert abs(cents(fundamental_hz(y, 48_000), note_to_hz(57))) < 3.0
+
+
+def test_render_thread_asks_for_realtime_scheduling(jack_output):
+    """``rt_priority`` puts the render thread under SCHED_FIFO where the process may (root, or
+    an rtprio limit), and otherwise says why not and plays on at normal priority."""
+    from engine.synth import Synth
+
+    synth = Synth(CpuFdtd(32, 2, 128), _preset(), sample_rate_hz=48_000)
+    with pytest.raises(ValueError, match="rt_priority=0: expected 1..99"):
+        LiveEngine(synth, device=jack_output, rt_priority=0)
+    with pytest.raises(ValueError, match="log_blocks=100: expected a power of two"):
+        LiveEngine(synth, device=jack_output, log_blocks=100)
+    engine = LiveEngine(synth, device=jack_output, period_frames=128, rt_priority=10)
+    assert engine.rt_status == "normal"
+    engine.start()
+    try:
+        engine.post(("note_on", 57, 100, 0))
+        time.sleep(0.5)
+        frames = engine.stats()["frames"]
+    finally:
+        engine.stop()
+    if _fifo_allowed(10):
+        assert engine.rt_status == "SCHED_FIFO 10"
+    else:
+        assert engine.rt_status.startswith("normal (SCHED_FIFO 10 refused"), engine.rt_status
+    assert frames > 0.3 * 48_000
+
+
+def _fifo_allowed(priority: int) -> bool:
+    """Whether a thread of this process may take SCHED_FIFO at ``priority`` (asked of a
+    throwaway thread, so the test's own scheduling stays as it was)."""
+    import os
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            result.append(True)
+        except (AttributeError, OSError):
+            result.append(False)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return result[0]
 
 
 def clean_device_run(measure, attempts: int = 4):
