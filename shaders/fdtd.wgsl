@@ -197,31 +197,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     let os = h.steps_per_sample;
     let n_fine = h.n_samples * os;
-    // The next event's sample and the next sample's kick are loaded one sample ahead, so the
-    // global-memory latency overlaps a sample's steps instead of stalling every invocation
-    // at each sample (it cost ~40% of a 4-steps-a-sample block on an H100).
-    let no_event = 0xffffffffu;
     var ev = 0u;
-    var ev_sample = no_event;
-    if (h.n_events > 0u) { ev_sample = events[h.first_event].sample; }
-    var kick_next = force[h.force_offset];
     var step = 0u;
     for (var n = 0u; n < h.n_samples; n++) {
         // Events are uniform across the workgroup: every invocation takes the same branch.
         loop {
-            if (ev_sample != n) { break; }
+            if (ev >= h.n_events) { break; }
             let e = events[h.first_event + ev];
+            if (e.sample != n) { break; }
             workgroupBarrier();
             if (apply_record(e.record, t)) {
                 reset_cells(t);
             }
             workgroupBarrier();
             ev++;
-            ev_sample = no_event;
-            if (ev < h.n_events) { ev_sample = events[h.first_event + ev].sample; }
         }
-        let kick = kick_next;
-        if (n + 1u < h.n_samples) { kick_next = force[h.force_offset + n + 1u]; }
+        let kick = force[h.force_offset + n];
         for (var sub = 0u; sub < os; sub++) {
             // neighbours beyond the strip, or the ghost b·u at the grid's edge
             let c0 = cell(0u, t);
