@@ -84,6 +84,96 @@ def _fit_lavapipe_loop_budget(block_frames: int, max_steps_per_sample: int, max_
     return max_steps_per_sample
 
 
+class _ReadMap:
+    """Maps one ``MAP_READ`` buffer and polls the device on the calling thread until the map
+    resolves, without waking wgpu-py's poll thread.
+
+    ``GPUBuffer.map_async`` hands each map to wgpu-py's per-device poll thread, which then
+    polls too, blocking, until the map is done: a second thread that wakes every block and
+    needs the GIL — which the audio callback needs at the same moments — and a new cffi
+    callback object each time. This calls ``wgpuBufferMapAsync`` itself with one callback made
+    here, and sets the buffer's map state as ``map_async`` would, so ``read_mapped`` and
+    ``unmap`` work unchanged. It uses wgpu-py 0.32's internals (``_api.libf``, ``new_struct``,
+    the buffer's ``_map_state``/``_mapped_status``; wgpu is pinned below 0.33);
+    :meth:`create` returns ``None`` where they are missing, and the caller falls back to
+    ``map_async``.
+    """
+
+    def __init__(self, api, device: wgpu.GPUDevice, buffer: wgpu.GPUBuffer) -> None:
+        ffi, lib = api.ffi, api.lib
+        self._libf = api.libf
+        self._device = device
+        self._buffer = buffer
+        self._state = [0]  # 0: pending, 1: mapped, 2: failed
+        self._message = [""]
+        ok = lib.WGPUMapAsyncStatus_Success
+        state, message = self._state, self._message
+
+        @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
+        def done(status, c_message, _userdata1, _userdata2):
+            if status == ok:
+                state[0] = 1
+            else:
+                message[0] = api.from_c_string_view(c_message)
+                state[0] = 2
+
+        self._callback = done  # keeps it alive as long as this object
+        self._info = api.new_struct(
+            "WGPUBufferMapCallbackInfo",
+            mode=lib.WGPUCallbackMode_AllowProcessEvents,
+            callback=done,
+        )
+        self._read = lib.WGPUMapMode_Read
+        self._pending = api.enums.BufferMapState.pending
+        self._mapped = api.enums.BufferMapState.mapped
+        self._unmapped = api.enums.BufferMapState.unmapped
+        self._mode = int(api.flags.MapMode.READ)
+
+    @classmethod
+    def create(cls, device: wgpu.GPUDevice, buffer: wgpu.GPUBuffer) -> _ReadMap | None:
+        try:
+            from wgpu.backends.wgpu_native import _api
+
+            mapper = cls(_api, device, buffer)
+            for name in ("_internal", "_map_state", "_mapped_status", "_mapped_memoryviews"):
+                getattr(buffer, name)
+            device._poll  # noqa: B018 - must exist
+            return mapper
+        except (ImportError, AttributeError) as exc:
+            log.info("GPU readback through map_async (wgpu-py internals differ: %s)", exc)
+            return None
+
+    def map(self, nbytes: int, give_up_ns: int, what: str) -> None:
+        """Map bytes ``[0, nbytes)`` for reading; polls until done or ``give_up_ns``
+        (perf_counter) passes.
+
+        Raises:
+            RuntimeError: the map failed, or did not resolve in time (``what`` names the GPU).
+        """
+        buf = self._buffer
+        if buf._map_state != self._unmapped:
+            raise RuntimeError(f"buffer {buf.label!r} is {buf._map_state}, not unmapped")
+        self._state[0] = 0
+        buf._map_state = self._pending
+        self._libf.wgpuBufferMapAsync(buf._internal, self._read, 0, nbytes, self._info)
+        poll = self._device._poll
+        state = self._state
+        while state[0] == 0:
+            poll(False)
+            if state[0] == 0 and time.perf_counter_ns() > give_up_ns:
+                raise RuntimeError(
+                    f"the GPU ({what}) did not return a block's pickups within "
+                    f"{_READBACK_TIMEOUT_S:g} s; the device may be lost: restart NeiroSynth, "
+                    "or play on the CPU backend (--backend cpu)"
+                )
+        if state[0] != 1:
+            buf._map_state = self._unmapped
+            raise RuntimeError(f"could not map {buf.label!r} for reading: {self._message[0]}")
+        buf._map_state = self._mapped
+        buf._mapped_status = (0, nbytes, self._mode)
+        buf._mapped_memoryviews = []
+
+
 class GpuFdtd:
     """Fused multi-voice FDTD on a wgpu adapter. Implements :class:`~engine.block.FdtdBackend`.
 
@@ -112,6 +202,9 @@ class GpuFdtd:
 
     All methods must be called from one thread (the render thread).
     """
+
+    #: spin/nap readbacks map without wgpu-py's poll thread (:class:`_ReadMap`)
+    direct_map: bool = True
 
     def __init__(
         self,
@@ -251,6 +344,9 @@ class GpuFdtd:
                 for i, b in enumerate(buffers)
             ],
         )
+        self._mappers = {
+            id(b): _ReadMap.create(self.device, b) for b in (self._staging, self._field_staging)
+        }
         self.startup_s = time.perf_counter() - t0
         log.info(
             "GPU FDTD on %s: %d×%d grid, %d voices, %d-frame blocks, %d invocations a voice, "
@@ -396,16 +492,23 @@ class GpuFdtd:
         of the last 32 blocks took a step, less 150 µs (a sleep overshoots by ~50–100 µs):
         the thread then holds neither a core nor the GIL for most of the kernel's run, which
         the audio callback needs.
+
+        Both map through :class:`_ReadMap` (no wgpu-py poll thread) unless ``direct_map`` is
+        false (for comparison in ``bench/roundtrip.py``) or wgpu-py's internals differ.
         """
         poll = getattr(self.device, "_poll", None)
         if self.readback in ("spin", "nap") and poll is not None:
-            promise = buffer.map_async("READ_NOSYNC", 0, nbytes)
+            mapper = self._mappers.get(id(buffer)) if self.direct_map else None
+            promise = None if mapper is not None else buffer.map_async("READ_NOSYNC", 0, nbytes)
             if self.readback == "nap" and steps and self._waits >= 8:
                 recent = self._wait_per_step_ns[: min(self._waits, 32)]
                 nap_ns = 0.75 * recent.min() * steps - 150_000
                 if nap_ns > 100_000:
                     time.sleep(nap_ns * 1e-9)
             give_up = time.perf_counter_ns() + int(_READBACK_TIMEOUT_S * 1e9)
+            if mapper is not None:
+                mapper.map(nbytes, give_up, self.adapter_summary)
+                return
             while getattr(promise, "_state", "fulfilled") == "pending":
                 poll(False)
                 if time.perf_counter_ns() > give_up:

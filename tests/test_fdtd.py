@@ -398,6 +398,7 @@ def test_every_readback_returns_the_same_block(adapter, seed):
     records = [random_record(rng, n, max_s, flags=RECORD_RESET) for _ in range(3)]
     forces = [pulse(rng, frames, int(rng.integers(0, 20))) for _ in range(3)]
     outs = {r.readback: [] for r in backends}
+    tokens = [gpu.device._poller._token_count for gpu in backends]
     for block in range(12):
         for gpu in backends:
             plan = gpu.new_plan()
@@ -409,6 +410,10 @@ def test_every_readback_returns_the_same_block(adapter, seed):
                 plan.add_voice(v, 1 + v, head, forces[v] if block == 0 else None)
             outs[gpu.readback].append(gpu.run(plan).copy())
     assert READBACK_MODES == ("spin", "nap", "thread")
+    # spin and nap map without waking wgpu-py's poll thread (engine.fdtd._ReadMap)
+    for gpu, before in zip(backends, tokens):
+        woken = gpu.device._poller._token_count - before
+        assert woken == (0 if gpu.readback in ("spin", "nap") else 12), (gpu.readback, woken)
     for mode in ("nap", "thread"):
         for a, b in zip(outs["spin"], outs[mode]):
             assert np.abs(a).max() > 0, f"seed={seed}"
