@@ -393,6 +393,9 @@ class LiveEngine:
         warm_up = getattr(self.synth.backend, "warm_up", None)
         if warm_up is not None:  # numba: compile or load now, not in the first played block
             warm_up()
+        # bodies the synth has not solved yet (a morph sweep) are solved in a worker process
+        # from now on, not in the render thread (engine/modes.py)
+        self.synth.bodies.start_background()
         # A full garbage collection walks every object the process holds (~20 ms with numpy,
         # scipy, numba and wgpu loaded) and may start in the render thread; freezing what
         # exists now leaves the collector only what is made from here on.
@@ -464,6 +467,7 @@ class LiveEngine:
         if self._switch_interval_s is not None:
             sys.setswitchinterval(self._switch_interval_s)
             self._switch_interval_s = None
+        self.synth.bodies.close()
 
     def reopen(self, device: int | str | None = None, *, rescan: bool = False) -> None:
         """Stop and start again, on ``device`` if given (after a device vanished); with

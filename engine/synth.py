@@ -80,7 +80,6 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -99,9 +98,9 @@ from .tuning import (
     LowestMode,
     TuningError,
     choose_steps_per_sample,
-    lowest_mode,
     solve_c2,
 )
+from .modes import Body, BodyModes
 from .voices import Voice, VoicePool
 
 __all__ = ["Synth", "ParamSource", "constant_source", "note_to_hz", "STEAL_FADE_S"]
@@ -177,6 +176,8 @@ class _Tone:
     glide_cents: float = 0.0
     glide_at: int = 0  # absolute sample of the last glide update
     frequency_hz: float = 0.0
+    body_key: tuple[int, int] = (0, 0)  # engine.modes.BodyModes.key
+    body_exact: bool = True  # False: tuned on a stand-in body until its own arrives
     record: np.ndarray = field(default_factory=lambda: np.zeros((), RECORD_DTYPE))
 
 
@@ -315,7 +316,9 @@ class Synth:
         )
         self.release_s = float(self.base_params[_I["release_s"]])
         self._morph_override: float | None = None
-        self._modes: OrderedDict[tuple[int, int], tuple[LowestMode, float]] = OrderedDict()
+        #: the lowest mode of each (morph, boundary) body; LiveEngine solves misses in the
+        #: background (engine/modes.py)
+        self.bodies = BodyModes(self._maps, _BODY_STEPS, _MODE_CACHE_SIZE)
         self._pending: list[_Pending] = []
         self._bend = np.zeros(16)
         self._mod = np.zeros(16)
@@ -343,11 +346,11 @@ class Synth:
         self._dc_y = np.zeros(2)
         self._dc_r = math.exp(-2.0 * math.pi * 8.0 / self.sample_rate_hz)
         self._blk: _Block | None = None
+        self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0, "stand_in_bodies": 0}
         # the body's lowest mode for the preset's own morph and boundary (an eigen-solve of
         # ~50 ms): now, not at the first note
         self._body(self.base_params)
         _warm_up_mixdown()  # the output stage's kernels: compiled now, not at the first note
-        self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0}
 
     # ---- performance events (offset = sample inside the next block) ----------------------
 
@@ -441,30 +444,20 @@ class Synth:
             p[_I["morph"]] = self._morph_override
         return p
 
-    def _body(self, params: np.ndarray) -> tuple[int, int, LowestMode, float]:
-        """Quantised morph and boundary, the lowest mode and its weighted damping (cached)."""
-        key = (
-            int(round(params[_I["morph"]] * _BODY_STEPS)),
-            int(round(params[_I["boundary"]] * _BODY_STEPS)),
-        )
-        hit = self._modes.get(key)
-        if hit is None:
-            w, b = key[0] / _BODY_STEPS, key[1] / _BODY_STEPS
-            s = self._maps[0][0] * (1 - w) + self._maps[1][0] * w
-            d = self._maps[0][1] * (1 - w) + self._maps[1][1] * w
-            mode = lowest_mode(s, b)
-            hit = (mode, mode.weighted_mean(d))
-            self._modes[key] = hit
-            if len(self._modes) > _MODE_CACHE_SIZE:
-                self._modes.popitem(last=False)
-        else:
-            self._modes.move_to_end(key)
-        return key[0], key[1], hit[0], hit[1]
+    def _body(self, params: np.ndarray) -> tuple[int, int, Body]:
+        """Quantised morph and boundary, and the body's lowest mode with its weighted damping
+        (a stand-in while the exact one is solved in the background: ``Body.exact``)."""
+        mq = int(round(params[_I["morph"]] * _BODY_STEPS))
+        bq = int(round(params[_I["boundary"]] * _BODY_STEPS))
+        body = self.bodies.get(self.bodies.key(mq / _BODY_STEPS, bq / _BODY_STEPS))
+        if not body.exact:
+            self.stats["stand_in_bodies"] += 1
+        return mq, bq, body
 
     def _new_tone(
         self, note: int, channel: int, velocity: float, params: np.ndarray, explicit: bool
     ) -> _Tone:
-        mq, bq, mode, d_mode = self._body(params)
+        mq, bq, body = self._body(params)
         return _Tone(
             note,
             channel,
@@ -473,8 +466,10 @@ class Synth:
             explicit,
             mq / _BODY_STEPS,
             bq / _BODY_STEPS,
-            mode,
-            d_mode,
+            body.mode,
+            body.d_mode_hz,
+            body_key=body.key,
+            body_exact=body.exact,
             glide_cents=_initial_glide(params),
             glide_at=self._now,
         )
@@ -795,14 +790,15 @@ class Synth:
     def _update(self, v: _Voice, t: _Tone, offset: int, params: np.ndarray | None) -> None:
         """Retune (new bend) or re-parameterise (``params``) a tone mid-note, at its steps."""
         if params is not None:
-            mq, bq, mode, d_mode = self._body(params)
+            mq, bq, body = self._body(params)
             t.params = params.copy()
             t.morph, t.boundary, t.mode, t.d_mode_hz = (
                 mq / _BODY_STEPS,
                 bq / _BODY_STEPS,
-                mode,
-                d_mode,
+                body.mode,
+                body.d_mode_hz,
             )
+            t.body_key, t.body_exact = body.key, body.exact
         if t is not v.tone:
             return  # a pending tone: derived when it starts
         self._decay_glide(t, self._blk.t0 + offset)
@@ -922,6 +918,9 @@ class Synth:
                     blk.push(max(v.pending_at - blk.t0, 0), 0, ("start", v))
                 if v.tone.released and v.tone.release_frac < 1.0:
                     self._push_release_ticks(v, 0)
+        if self.bodies.background:
+            for key in self.bodies.take_solved():
+                self._retune_body(key)
         for ev in self._pending:
             blk.push(ev.offset, 1, ev)
         self._pending.clear()
@@ -973,6 +972,18 @@ class Synth:
         self._blk = None
         self._now += n_frames
         return self._finish(mix)
+
+    def _retune_body(self, key: tuple[int, int]) -> None:
+        """The exact body ``key`` arrived: tones tuned on a stand-in for it take it now (at
+        the block's first sample; a pending tone when it starts)."""
+        for v in self.voices:
+            for t in (v.tone, v.pending):
+                if t is None or t.body_exact or t.body_key != key:
+                    continue
+                body = self.bodies.get(key)
+                t.mode, t.d_mode_hz, t.body_exact = body.mode, body.d_mode_hz, True
+                if t is v.tone and v.active:
+                    self._update(v, t, 0, None)
 
     def _voice_force(self, v: _Voice, blk: _Block) -> np.ndarray | None:
         """The voice's force for the block (strike envelopes and drive noise), ``None`` if
