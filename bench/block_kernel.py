@@ -7,8 +7,12 @@ with timestamp queries (``GpuFdtd(profile=True)``), so host and driver noise sta
 the current ``shaders/fdtd.wgsl`` and, with ``--against FILE``, another version of it
 (``git show REV:shaders/fdtd.wgsl > FILE``), blocks interleaved one by one.
 
-Run: ``python bench/block_kernel.py [--against old.wgsl]``; appends a table to
-bench/RESULTS.md.
+``--gap-ms 0 1.5`` also idles before each block as live play does (a block every 2.67 ms),
+to see whether the GPU runs the same kernel slower after idling (a live soak measured a median
+984 µs where back to back took 473–594 µs).
+
+Run: ``python bench/block_kernel.py [--against old.wgsl] [--gap-ms 0 1.5]``; appends a table
+to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import datetime as dt
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,9 @@ def main() -> None:
     ap.add_argument("--against", type=Path, default=None, help="another fdtd.wgsl to compare")
     ap.add_argument("--blocks", type=int, default=200)
     ap.add_argument("--voices", type=int, default=32)
+    ap.add_argument("--gap-ms", type=float, nargs="*", default=[0.0],
+                    help="idle time before each block (a live block comes every 2.67 ms): does "
+                    "the GPU run the same kernel slower after idling?")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     VOICES = args.voices
@@ -80,20 +88,23 @@ def main() -> None:
     if not gpu0.has_timestamps:
         raise SystemExit(f"{gpu0.adapter_summary} has no timestamp queries")
     rows = []
-    for steps in (1, 4, 5):
-        for events in (0, 8):
-            got = {name: [] for name in gpus}
-            for b in range(args.blocks):
-                for name, gpu in gpus.items():
-                    got[name].append(_block(gpu, steps, b == 0, events))
-            for name, ns in got.items():
-                a = np.array(ns[min(5, len(ns) - 1):]) / 1e3
-                per_step = np.median(a) / (FRAMES * steps)
-                rows.append((steps, events, name, np.median(a), np.percentile(a, 99), a.max(),
-                             per_step))
-                print(f"steps {steps} events {events} {name:>14}: compute pass median "
-                      f"{np.median(a):.0f} µs, p99 {np.percentile(a, 99):.0f}, max {a.max():.0f}; "
-                      f"{per_step:.3f} µs a step")
+    for gap_ms in args.gap_ms:
+        for steps in (1, 4, 5):
+            for events in (0, 8):
+                got = {name: [] for name in gpus}
+                for b in range(args.blocks):
+                    for name, gpu in gpus.items():
+                        if gap_ms:
+                            time.sleep(gap_ms * 1e-3)
+                        got[name].append(_block(gpu, steps, b == 0, events))
+                for name, ns in got.items():
+                    a = np.array(ns[min(5, len(ns) - 1):]) / 1e3
+                    per_step = np.median(a) / (FRAMES * steps)
+                    rows.append((gap_ms, steps, events, name, np.median(a),
+                                 np.percentile(a, 99), a.max(), per_step))
+                    print(f"gap {gap_ms} ms steps {steps} events {events} {name:>14}: compute "
+                          f"pass median {np.median(a):.0f} µs, p99 {np.percentile(a, 99):.0f}, "
+                          f"max {a.max():.0f}; {per_step:.3f} µs a step")
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     text = "\n".join([
         f"### compute pass of a live block (GPU clock) — {gpu0.adapter_summary}, "
@@ -102,10 +113,10 @@ def main() -> None:
         f"{VOICES} voices × {FRAMES} frames, each struck (a force every sample), with 0 or 8 "
         f"record switches a voice; {args.blocks} blocks per kernel, interleaved. µs.",
         "",
-        "| steps a sample | switches | kernel | median | p99 | max | µs a step |",
-        "|---|---|---|---|---|---|---|",
-        *[f"| {s} | {e} | {k} | {m:.0f} | {p:.0f} | {x:.0f} | {ps:.3f} |"
-          for s, e, k, m, p, x, ps in rows],
+        "| idle before a block ms | steps a sample | switches | kernel | median | p99 | max | µs a step |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {g:g} | {s} | {e} | {k} | {m:.0f} | {p:.0f} | {x:.0f} | {ps:.3f} |"
+          for g, s, e, k, m, p, x, ps in rows],
         "",
     ])
     if not args.no_write:
