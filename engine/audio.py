@@ -21,8 +21,11 @@ budget in latency. ``bench/latency.py`` measures both on the same run. On an H10
 notes at 128-frame periods: rendering in the callback added 2.5 ms (median) but its p99 of
 2.4 ms is most of the 2.67 ms period, and it caused 20–83 xruns per run; the render thread
 at a 2 ms budget (4.67 ms added) caused 4 xruns and 176 underruns, at 4 ms (6.67 ms added,
-the default) a soak of 4 minutes had 2 xruns and 44 underruns (bench/RESULTS.md). An
-underrun here is a block of silence we chose; an xrun is the device's.
+the default) a soak of 4 minutes had 2 xruns and 44 underruns (bench/RESULTS.md). Profiled
+soaks (``bench/soak.py --profile``) put the remaining misses on the host: the blocks that ran
+over had their buffer writes and submits take 4× their usual time, while callbacks came up to
+4 ms late — threads losing their cores, which ``rt_priority`` (SCHED_FIFO) is for where the
+system allows it. An underrun here is a block of silence we chose; an xrun is the device's.
 
 Timing: an event stamped at ``t`` is played at the output frame that the callback will reach
 ``delay_frames`` after ``t``, placed at its exact sample offset inside its block. So events keep
