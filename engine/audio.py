@@ -27,6 +27,14 @@ over had their buffer writes and submits take 4× their usual time, while callba
 4 ms late — threads losing their cores, which ``rt_priority`` (SCHED_FIFO) is for where the
 system allows it. An underrun here is a block of silence we chose; an xrun is the device's.
 
+Blocks shorter than the period: the render thread *begins* each block at its time
+(:meth:`~engine.synth.Synth.begin_block`: events applied, the GPU dispatch submitted) and then
+*finishes* the block before it (its pickups read back and mixed: the GPU completed it
+meanwhile); the last block before a period boundary is finished at once. So with 32-frame
+blocks and 128-frame periods only a quarter of the period's physics is left to wait for
+inside the render budget, instead of all of it. The output is sample for sample what an
+offline render of the same events plays (tested through JACK).
+
 Timing: an event stamped at ``t`` is played at the output frame that the callback will reach
 ``delay_frames`` after ``t``, placed at its exact sample offset inside its block. So events keep
 their spacing to the sample, and the latency is constant instead of jittering with the block
@@ -347,7 +355,9 @@ class LiveEngine:
         self.device_lost = False
         self._ns_per_frame = 1e9 / self.sample_rate_hz
         self._base_ns = float("inf")
-        self._rendered_frames = 0
+        self._rendered_frames = 0  # frames of the blocks begun (Synth.begin_block)
+        self._unwritten = 0  # blocks begun and not yet in the ring (0 or 1 between calls)
+        self._silence = np.zeros((self.block_frames, 2), np.float32)
         self._skipped = 0  # device frames the callback filled with zeros (underruns)
         # statistics, preallocated
         self._cb_hist = DurationHistogram()
@@ -416,7 +426,12 @@ class LiveEngine:
         self._first_window = True
         self._lagging = 0
         self._lag_min_ns = float("inf")
-        self._frames_read = self._rendered_frames + self._skipped - self.ring.readable()
+        self._frames_read = (
+            self._rendered_frames
+            + self._skipped
+            - self.ring.readable()
+            - self._unwritten * self.block_frames
+        )
         self._prefill()
         self._thread = threading.Thread(target=self._render_loop, name="neirosynth-render", daemon=True)
         self._thread.start()
@@ -466,6 +481,14 @@ class LiveEngine:
                 log.error("audio device %r did not answer while closing; left behind", self.device)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
+            if not self._thread.is_alive() and self._unwritten:
+                try:  # a block begun and not finished: into the ring, for a later start
+                    self._write_block(self.synth.finish_block())
+                except Exception:  # noqa: BLE001
+                    log.exception("could not finish the last block")
+                    self.synth.drop_in_flight()
+                    while self._unwritten:
+                        self._write_block(self._silence)
         self._thread = None
         if self._switch_interval_s is not None:
             sys.setswitchinterval(self._switch_interval_s)
@@ -603,7 +626,10 @@ class LiveEngine:
     # ---- render thread ----------------------------------------------------------------------
 
     def _prefill(self) -> None:
-        while self._due_ns() <= 0 and self.ring.writable() >= self.block_frames:
+        while (
+            self._due_ns() <= 0
+            and self.ring.writable() >= (self._unwritten + 1) * self.block_frames
+        ):
             self._render_one()
 
     def _due_ns(self) -> float:
@@ -612,7 +638,8 @@ class LiveEngine:
         callback, at once up to ``delay_frames`` of (silent) lead."""
         base = self._base_ns  # one read: the callback may move it meanwhile
         if not math.isfinite(base):
-            return 0.0 if self.ring.readable() + self.block_frames <= self.delay_frames else math.inf
+            lead = self.ring.readable() + (self._unwritten + 1) * self.block_frames
+            return 0.0 if lead <= self.delay_frames else math.inf
         end = self._rendered_frames + self._skipped + self.block_frames
         return base + (end - self.delay_frames) * self._ns_per_frame
 
@@ -656,13 +683,8 @@ class LiveEngine:
                     self.device,
                 )
             wait_ns = self._due_ns() - now
-            if wait_ns <= 0 and self.ring.writable() >= self.block_frames:
-                try:
-                    self._render_one()
-                except Exception:  # noqa: BLE001 - the render thread must survive anything
-                    log.exception("render failed; playing silence for this block")
-                    self.ring.write(np.zeros((self.block_frames, 2), np.float32))
-                    self._rendered_frames += self.block_frames
+            if wait_ns <= 0 and self.ring.writable() >= (self._unwritten + 1) * self.block_frames:
+                self._render_one()  # survives a failing render itself
             else:
                 time.sleep(min(max(wait_ns, 20_000), poll_ns) * 1e-9)
 
@@ -692,25 +714,48 @@ class LiveEngine:
             self.event_log.append((frame, event))
         if self.midi is not None:
             self._play_midi(start, end)
-        block = self.synth.render_block()
-        lo, hi = float(block.min()), float(block.max())
-        if not (-1.0 < lo and hi < 1.0):  # NaN fails both comparisons
-            self.silenced_blocks += 1
-            block[:] = 0.0
-        else:
-            self.peak = max(self.peak, -lo, hi)
-        self.ring.write(block)
-        if self._captured < len(self._capture):
-            n = min(len(block), len(self._capture) - self._captured)
-            self._capture[self._captured : self._captured + n] = block[:n]
-            self._captured += n
-        self._rendered_frames += self.block_frames
+        # Begin this block (on the GPU: submitted, not waited for), then finish the block
+        # before it, which the GPU completed meanwhile; the last block before a callback's
+        # period boundary is finished at once. With blocks shorter than the period, only that
+        # one waits for the GPU inside the render budget (Synth.begin_block).
+        begun = False
+        try:
+            self.synth.begin_block()
+            begun = True
+            self._rendered_frames += self.block_frames
+            self._unwritten += 1
+            if self._unwritten > 1:
+                self._write_block(self.synth.finish_block())
+            if end % self.period_frames == 0:
+                self._write_block(self.synth.finish_block())
+        except Exception:  # noqa: BLE001 - the render thread must survive anything
+            log.exception("render failed; playing silence for the blocks in progress")
+            self.synth.drop_in_flight()
+            if not begun:
+                self._rendered_frames += self.block_frames
+                self._unwritten += 1
+            while self._unwritten:
+                self._write_block(self._silence)
         i = self._render_count & self._log_mask
         t1 = time.perf_counter_ns()
         self._render_hist.add((t1 - t0) * 1e-3)
         self.render_log[i] = (start, due if math.isfinite(due) else 0, t0, t1)
         self._render_count += 1
 
+    def _write_block(self, block: np.ndarray) -> None:
+        """Hand a finished block to the ring (silenced if not finite or at full scale)."""
+        lo, hi = float(block.min()), float(block.max())
+        if not (-1.0 < lo and hi < 1.0):  # NaN fails both comparisons
+            self.silenced_blocks += 1
+            block = self._silence
+        else:
+            self.peak = max(self.peak, -lo, hi)
+        self.ring.write(block)
+        self._unwritten -= 1
+        if self._captured < len(self._capture):
+            n = min(len(block), len(self._capture) - self._captured)
+            self._capture[self._captured : self._captured + n] = block[:n]
+            self._captured += n
 
     def _play_midi(self, start: int, end: int) -> None:
         base = self._base_ns

@@ -244,7 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default=None, help="audio output (name or index)")
     pl.add_argument("--sample-rate", type=int, default=48_000, help="Hz (44100, 48000, 96000)")
     pl.add_argument("--period", type=int, default=128, help="audio frames per callback (32..1024)")
-    pl.add_argument("--block", type=int, default=128, help="frames the engine renders at a time")
+    pl.add_argument("--block", type=int, default=128,
+                    help="frames the engine renders at a time; below --period (e.g. 32 or 64) "
+                    "the GPU works on a period's earlier blocks while its later events arrive, "
+                    "and only the last block waits for the GPU inside the --ahead-ms budget")
     pl.add_argument("--ahead-ms", type=float, default=None,
                     help="time the engine has to render a block (default: 4 ms, at least a "
                     "block); lower for less latency, raise if the stats show underruns")

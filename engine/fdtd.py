@@ -48,6 +48,8 @@ READBACK_MODES = ("spin", "nap", "thread")
 log = logging.getLogger(__name__)
 
 _STORAGE_IN = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
+#: Blocks that may be submitted and not yet collected (one rendering while one is read).
+_IN_FLIGHT = 2
 #: A spinning readback gives up after this long (a lost or hung device) instead of forever.
 _READBACK_TIMEOUT_S = 2.0
 #: Cells each invocation owns (``CELLS`` in shaders/fdtd.wgsl).
@@ -295,18 +297,27 @@ class GpuFdtd:
             size=sizes["pickups"],
             usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC,
         )
-        # the staging buffer also takes the two timestamps, after the pickups
+        # two staging buffers, so that one block can be in flight while the one before is
+        # read (submit/collect); each also takes its block's two timestamps, after the pickups
         self._ts_offset = (sizes["pickups"] + 255) // 256 * 256
-        self._staging = dev.create_buffer(
-            label="pickups-staging",
-            size=self._ts_offset + 16 if self.has_timestamps else sizes["pickups"],
-            usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST,
-        )
-        if self.has_timestamps:
-            self._queries = dev.create_query_set(type="timestamp", count=2)
-            self._query_buf = dev.create_buffer(
-                size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+        self._stagings = [
+            dev.create_buffer(
+                label=f"pickups-staging-{i}",
+                size=self._ts_offset + 16 if self.has_timestamps else sizes["pickups"],
+                usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST,
             )
+            for i in range(_IN_FLIGHT)
+        ]
+        if self.has_timestamps:
+            self._queries = dev.create_query_set(type="timestamp", count=2 * _IN_FLIGHT)
+            self._query_buf = dev.create_buffer(
+                size=256 * _IN_FLIGHT,
+                usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC,
+            )
+        # blocks submitted and not yet collected: (staging index, out_size, map_bytes, steps,
+        # submitted ns), oldest first
+        self._in_flight: list[tuple[int, int, int, int, int]] = []
+        self._next_staging = 0
         self._field_staging = dev.create_buffer(
             label="fields-staging",
             size=2 * nn * 4,
@@ -345,7 +356,7 @@ class GpuFdtd:
             ],
         )
         self._mappers = {
-            id(b): _ReadMap.create(self.device, b) for b in (self._staging, self._field_staging)
+            id(b): _ReadMap.create(self.device, b) for b in (*self._stagings, self._field_staging)
         }
         self.startup_s = time.perf_counter() - t0
         log.info(
@@ -411,10 +422,25 @@ class GpuFdtd:
     def run(self, plan: BlockPlan) -> np.ndarray:
         """One dispatch for the plan's voices; returns their fine-rate pickups (float32 view).
 
-        The view is valid until the next call.
+        The view is valid until the next call. ``run`` is :meth:`submit` then :meth:`collect`.
         """
+        self.submit(plan)
+        return self.collect()
+
+    def submit(self, plan: BlockPlan) -> None:
+        """Upload the plan and start its dispatch without waiting for it; :meth:`collect`
+        returns its pickups. At most two blocks are in flight: the live engine submits a block
+        and then collects the one before, which the GPU finished meanwhile, so only the last
+        block before each audio callback waits for the GPU (``engine/audio.py``).
+
+        Raises:
+            RuntimeError: two blocks are already in flight.
+        """
+        if len(self._in_flight) >= _IN_FLIGHT:
+            raise RuntimeError(f"{_IN_FLIGHT} blocks in flight already: collect one first")
         if plan.n_voices == 0:
-            return self._out[:0]
+            self._in_flight.append((-1, 0, 0, 0, 0))
+            return
         timing = self.last_timing_ns if self.profile else None
         if timing is not None:
             timing[0] = time.perf_counter_ns()
@@ -426,13 +452,16 @@ class GpuFdtd:
         q.write_buffer(self._force, 0, plan.force[: plan.n_voices * plan.block_frames])
         if timing is not None:
             timing[1] = time.perf_counter_ns()
+        k = self._next_staging
+        self._next_staging = (k + 1) % _IN_FLIGHT
+        staging = self._stagings[k]
         encoder = self.device.create_command_encoder()
         stamps = self.has_timestamps
         cpass = encoder.begin_compute_pass(
             timestamp_writes={
                 "query_set": self._queries,
-                "beginning_of_pass_write_index": 0,
-                "end_of_pass_write_index": 1,
+                "beginning_of_pass_write_index": 2 * k,
+                "end_of_pass_write_index": 2 * k + 1,
             }
             if stamps
             else None
@@ -442,39 +471,61 @@ class GpuFdtd:
         cpass.dispatch_workgroups(plan.n_voices, 1, 1)
         cpass.end()
         nbytes = plan.out_size * 4
-        encoder.copy_buffer_to_buffer(self._pickups, 0, self._staging, 0, nbytes)
+        encoder.copy_buffer_to_buffer(self._pickups, 0, staging, 0, nbytes)
         map_bytes = nbytes
         if stamps:
-            encoder.resolve_query_set(self._queries, 0, 2, self._query_buf, 0)
-            encoder.copy_buffer_to_buffer(self._query_buf, 0, self._staging, self._ts_offset, 16)
+            encoder.resolve_query_set(self._queries, 2 * k, 2, self._query_buf, 256 * k)
+            encoder.copy_buffer_to_buffer(self._query_buf, 256 * k, staging, self._ts_offset, 16)
             map_bytes = self._ts_offset + 16
         steps = int(plan.headers["steps_per_sample"][: plan.n_voices].max()) * plan.block_frames
         q.submit([encoder.finish()])
         submitted = time.perf_counter_ns()
         if timing is not None:
             timing[2] = submitted
-        self._map_read(self._staging, map_bytes, steps)
+        self._in_flight.append((k, plan.out_size, map_bytes, steps, submitted))
+
+    def collect(self) -> np.ndarray:
+        """The pickups of the oldest submitted block (float32 view, valid until the next
+        ``collect``), waiting for the GPU if it has not finished it.
+
+        Raises:
+            RuntimeError: nothing was submitted, or the GPU did not answer (lost device).
+        """
+        if not self._in_flight:
+            raise RuntimeError("collect() without a submitted block")
+        k, out_size, map_bytes, steps, submitted = self._in_flight.pop(0)
+        if k < 0:
+            return self._out[:0]
+        staging = self._stagings[k]
+        timing = self.last_timing_ns if self.profile else None
+        self._map_read(staging, map_bytes, steps, submitted)
         mapped = time.perf_counter_ns()
         if timing is not None:
             timing[3] = mapped
         self._wait_per_step_ns[self._waits & 31] = (mapped - submitted) / steps
         self._waits += 1
         try:
-            view = self._staging.read_mapped(0, map_bytes, copy=False)
-            self._out[: plan.out_size] = np.frombuffer(view, np.float32, plan.out_size)
-            if stamps:
+            view = staging.read_mapped(0, map_bytes, copy=False)
+            self._out[:out_size] = np.frombuffer(view, np.float32, out_size)
+            if self.has_timestamps:
                 t = np.frombuffer(view, np.uint64, 2, self._ts_offset)
                 self.last_kernel_ns = int(t[1]) - int(t[0])
             del view
         finally:
-            self._staging.unmap()
+            staging.unmap()
         if timing is not None:
             timing[4] = time.perf_counter_ns()
-        return self._out[: plan.out_size]
+        return self._out[:out_size]
 
-    def _map_read(self, buffer: wgpu.GPUBuffer, nbytes: int, steps: int = 0) -> None:
-        """Map ``buffer`` for reading once the submitted work (``steps`` FDTD steps long)
-        is done.
+    def drop_in_flight(self) -> None:
+        """Forget submitted blocks that will not be collected (after an error)."""
+        self._in_flight.clear()
+
+    def _map_read(
+        self, buffer: wgpu.GPUBuffer, nbytes: int, steps: int = 0, submitted_ns: int = 0
+    ) -> None:
+        """Map ``buffer`` for reading once the submitted work (``steps`` FDTD steps long,
+        submitted at ``submitted_ns``) is done.
 
         ``"spin"`` (the default): this thread polls the device without blocking until the map
         has resolved. ``"thread"``: ``map_sync``, which sleeps until wgpu-py's per-device poll
@@ -503,6 +554,8 @@ class GpuFdtd:
             if self.readback == "nap" and steps and self._waits >= 8:
                 recent = self._wait_per_step_ns[: min(self._waits, 32)]
                 nap_ns = 0.75 * recent.min() * steps - 150_000
+                if submitted_ns:
+                    nap_ns -= time.perf_counter_ns() - submitted_ns
                 if nap_ns > 100_000:
                     time.sleep(nap_ns * 1e-9)
             give_up = time.perf_counter_ns() + int(_READBACK_TIMEOUT_S * 1e9)

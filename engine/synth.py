@@ -80,6 +80,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -218,6 +219,18 @@ class _Pending:
     params: np.ndarray | None = None
 
 
+@dataclass
+class _InFlight:
+    """A block begun and not yet finished: its voices (with their generation when it was
+    begun), its output stage input, and its pickups where the backend ran at once."""
+
+    mix_in: MixInput
+    order: list = field(default_factory=list)  # (voice, generation)
+    t0: int = 0
+    pickups: np.ndarray | None = None
+    n_out: int = 0
+
+
 class _Block:
     """What the events of one block did to each voice (filled while the events are applied)."""
 
@@ -328,7 +341,13 @@ class Synth:
         self._now = 0
         self._sos = decimation_sos(max(2, backend.max_steps_per_sample))
         self._mix_state = MixState.allocate(n_voices, self._sos.shape[1])
-        self._mix_in = MixInput.allocate(n_voices, n_voices * _MAX_CHANGES)
+        # the blocks begun and not finished yet (at most two), and their preallocated slots
+        self._in_flight_slots = [
+            _InFlight(MixInput.allocate(n_voices, n_voices * _MAX_CHANGES)) for _ in range(2)
+        ]
+        self._next_slot = 0
+        self._in_flight: deque[_InFlight] = deque()
+        self._submits = hasattr(backend, "submit") and hasattr(backend, "collect")
         self._mix = np.zeros((self.block_frames, 2))
         #: The voices' float64 sum of the last block, before the master bus (DC blocker,
         #: limiter): ``(block_frames, 2)``, overwritten by the next block (live view, tests).
@@ -906,7 +925,24 @@ class Synth:
     # ---- one block ------------------------------------------------------------------------
 
     def render_block(self) -> np.ndarray:
-        """Render the next block; returns float32 ``(block_frames, 2)`` in [-1, 1]."""
+        """Render the next block; returns float32 ``(block_frames, 2)`` in [-1, 1]
+        (:meth:`begin_block` then :meth:`finish_block`)."""
+        self.begin_block()
+        return self.finish_block()
+
+    def begin_block(self) -> None:
+        """Apply the next block's events and start its physics (on the GPU: submitted, not
+        waited for); :meth:`finish_block` mixes it. One more block may be begun before the
+        last is finished — the live engine begins block k and then finishes block k−1, whose
+        physics the GPU completed meanwhile, so only the last block before an audio callback
+        waits for the GPU. A voice freed or re-struck in between is left alone by the older
+        block's bookkeeping (its generation changed).
+
+        Raises:
+            RuntimeError: two blocks are begun and not finished.
+        """
+        if len(self._in_flight) >= len(self._in_flight_slots):
+            raise RuntimeError("two blocks begun and not finished: finish_block() first")
         n_frames = self.block_frames
         blk = self._blk = _Block(self._now)
         for v in self.voices:
@@ -939,7 +975,10 @@ class Synth:
 
         plan = self.plan
         plan.clear()
-        order: list[_Voice] = []
+        slot = self._in_flight_slots[self._next_slot]
+        self._next_slot = (self._next_slot + 1) % len(self._in_flight_slots)
+        order = slot.order
+        order.clear()
         for v in self.voices:
             lst = blk.records.get(v.slot)
             if not v.active or lst is None:
@@ -948,30 +987,61 @@ class Synth:
             first = plan.add_record(lst[0][1], lst[0][2])
             events = [(off, plan.add_record(rec, fl)) for off, rec, fl in lst[1:]]
             plan.add_voice(v.slot, v.tone.steps, first, self._voice_force(v, blk), events)
-            order.append(v)
-
-        mix = self._mix
+            order.append((v, v.generation))
+        slot.t0 = blk.t0
         if order:
-            pickups = self.backend.run(plan)
-            self._fill_mix_input(order, blk)
+            self._fill_mix_input(order, blk, slot.mix_in)
+            if self._submits:
+                self.backend.submit(plan)
+            else:  # a backend that runs at once: keep its pickups for finish_block
+                out = self.backend.run(plan)
+                if slot.pickups is None or len(slot.pickups) < plan.max_out:
+                    slot.pickups = np.zeros(plan.max_out, out.dtype)  # once per slot
+                slot.pickups[: len(out)] = out
+                slot.n_out = len(out)
+        self._in_flight.append(slot)
+        self._blk = None
+        self._now += n_frames
+
+    def finish_block(self) -> np.ndarray:
+        """Mix the oldest begun block (waiting for its physics if needed) and return it:
+        float32 ``(block_frames, 2)`` in [-1, 1].
+
+        Raises:
+            RuntimeError: no block was begun.
+        """
+        if not self._in_flight:
+            raise RuntimeError("finish_block() without begin_block()")
+        slot = self._in_flight.popleft()
+        n_frames = self.block_frames
+        mix = self._mix
+        if slot.order:
+            pickups = self.backend.collect() if self._submits else slot.pickups[: slot.n_out]
             mix_voices(
-                pickups, self._mix_in, self._mix_state, self._sos, n_frames, mix,
+                pickups, slot.mix_in, self._mix_state, self._sos, n_frames, mix,
                 self._peak, self._finite,
             )  # fmt: skip
-            for i, v in enumerate(order):
+            for i, (v, generation) in enumerate(slot.order):
+                if v.generation != generation:
+                    continue  # freed or given to another note since this block was begun
                 if not self._finite[i]:
                     log.error("voice %d went non-finite; silenced", v.slot)
                     self._pool.free(v)
                     v.pending = None
                 else:
                     self._pool.observe(
-                        v, self._peak[i], blk.t0, blk.t0 + n_frames, may_free=v.pending is None
+                        v, self._peak[i], slot.t0, slot.t0 + n_frames, may_free=v.pending is None
                     )
         else:
             mix[:] = 0.0
-        self._blk = None
-        self._now += n_frames
         return self._finish(mix)
+
+    def drop_in_flight(self) -> None:
+        """Forget begun blocks that will not be finished (after an error)."""
+        self._in_flight.clear()
+        drop = getattr(self.backend, "drop_in_flight", None)
+        if drop is not None:
+            drop()
 
     def _retune_body(self, key: tuple[int, int]) -> None:
         """The exact body ``key`` arrived: tones tuned on a stand-in for it take it now (at
@@ -1010,17 +1080,18 @@ class Synth:
                 force[off:end] += sigma * v.rng.standard_normal(end - off)
         return force
 
-    def _fill_mix_input(self, order: list[_Voice], blk: _Block) -> None:
+    def _fill_mix_input(
+        self, order: list[tuple[_Voice, int]], blk: _Block, mi: MixInput
+    ) -> None:
         """The output stage's view of the block: each voice's slot, pickups, resets and
         coefficient changes, in the plan's voice order."""
-        mi = self._mix_in
         n = len(order)
         headers = self.plan.headers
         mi.n = n
         mi.offsets[:n] = headers["out_offset"][:n]
         mi.steps[:n] = headers["steps_per_sample"][:n]
         r = c = 0
-        for i, v in enumerate(order):
+        for i, (v, _) in enumerate(order):
             mi.slots[i] = v.slot
             mi.reset_first[i] = r
             resets = blk.resets.get(v.slot)

@@ -72,6 +72,9 @@ class Voice:
     #: Fading out for good (all sound off); freed once the block reaches ``silent_at``.
     stopping: bool = False
     silent_at: int = 0
+    #: Counts starts and frees: work begun for an older owner of the voice can tell (the synth
+    #: begins a block before it has finished the one before).
+    generation: int = 0
 
 
 V = TypeVar("V", bound=Voice)
@@ -145,6 +148,7 @@ class VoicePool(Generic[V]):
         """``note`` on ``channel`` now owns ``v`` (from sample ``at``); its level is unknown
         until the new sound has been heard for a whole block."""
         v.active = True
+        v.generation += 1
         v.note, v.channel = note, channel
         v.released = v.held_by_pedal = v.stopping = False
         v.started_at = at
@@ -173,6 +177,7 @@ class VoicePool(Generic[V]):
     def free(self, v: V) -> None:
         """The voice is inactive (silent, or silenced by the caller)."""
         v.active = False
+        v.generation += 1
         v.stopping = False
         v.level = math.inf
 
