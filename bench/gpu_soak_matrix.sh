@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XDG_RUNTIME_DIR=$(mktemp -d)
 [ -f bench/RESULTS.md ] || printf '# Benchmark results\n' > bench/RESULTS.md
-for cfg in ${CONFIGS:-128:96:-:- 128:96:60:rt 64:64:60:rt}; do
+for cfg in ${CONFIGS:-128:96:-:- 64:96:-:- 32:96:-:- 32:64:-:-}; do
   IFS=: read -r block ahead prio jack <<< "$cfg"
   extra=()
   [ "$prio" != - ] && extra+=(--rt-priority "$prio")
