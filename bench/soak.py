@@ -117,7 +117,7 @@ def phase_table(runs: np.ndarray) -> str:
     phases = {
         "write buffers": runs[:, 2] - runs[:, 0],
         "encode+submit": runs[:, 3] - runs[:, 2],
-        "wait for map": runs[:, 4] - runs[:, 3],
+        "wait for map in collect": runs[:, 4] - np.maximum(runs[:, 7], runs[:, 3]),
         "copy out": runs[:, 5] - runs[:, 4],
     }
     if runs[:, 6].any():
@@ -176,26 +176,54 @@ def main() -> None:
         backend.readback = args.readback
     # the render's split: the backend's run (FDTD pass, readback) and the rest of the block
     n_log = 1 << int(np.ceil(np.log2(args.minutes * 60 * RATE / args.block * 1.1 + 16)))
-    # per run: start, end, and with --profile the GPU backend's phases (buffers written,
-    # submitted, mapped, copied; host ns) and its compute pass on the GPU clock (ns)
-    run_ns = np.zeros((n_log, 7), np.int64)
+    # per block the backend ran: start, end (of run, or of submit … collect on the GPU), and
+    # with --profile the GPU backend's phases (buffers written, submitted, pickups mapped,
+    # copied; host ns), its compute pass on the GPU clock (ns), and when collect began
+    run_ns = np.zeros((n_log, 8), np.int64)
     runs = [0]
-    inner_run = backend.run
     timing = getattr(backend, "last_timing_ns", None) if args.profile else None
+    split = hasattr(backend, "submit")
+    if split:
+        inner_submit, inner_collect = backend.submit, backend.collect
+        started: list[int] = []
 
-    def timed_run(plan):
-        t = time.perf_counter_ns()
-        out = inner_run(plan)
-        row = run_ns[runs[0] % n_log]
-        row[0] = t
-        row[1] = time.perf_counter_ns()
-        if timing is not None:
-            row[2:6] = timing[1:5]
-            row[6] = backend.last_kernel_ns
-        runs[0] += 1
-        return out
+        def timed_submit(plan):
+            started.append(time.perf_counter_ns())
+            inner_submit(plan)
+            if timing is not None:
+                started.append(int(timing[1]))
+                started.append(int(timing[2]))
+            else:
+                started.extend((0, 0))
 
-    backend.run = timed_run
+        def timed_collect():
+            c = time.perf_counter_ns()
+            out = inner_collect()
+            row = run_ns[runs[0] % n_log]
+            row[0], row[2], row[3] = started[0], started[1], started[2]
+            del started[:3]
+            row[1] = time.perf_counter_ns()
+            row[7] = c
+            if timing is not None:
+                row[4:6] = timing[3:5]
+                row[6] = backend.last_kernel_ns
+            runs[0] += 1
+            return out
+
+        backend.submit, backend.collect = timed_submit, timed_collect
+    else:
+        inner_run = backend.run
+
+        def timed_run(plan):
+            t = time.perf_counter_ns()
+            out = inner_run(plan)
+            row = run_ns[runs[0] % n_log]
+            row[0] = t
+            row[1] = row[7] = time.perf_counter_ns()
+            runs[0] += 1
+            return out
+
+        backend.run = timed_run
     synth = Synth(backend, preset, sample_rate_hz=RATE, max_polyphony=args.polyphony)
     server = start_jack_server(sample_rate=RATE, period=args.period, realtime=args.jack_realtime)
     os.environ.update(server.env)

@@ -1,8 +1,9 @@
 """The synth's own cost per block, beside the FDTD pass: what live play spends outside the kernel.
 
 For 1–64 sounding voices of a preset (a new note every 10 blocks, pitch bends, so events,
-strikes and coefficient ramps are in the mix), renders 128-frame blocks and splits each
-``Synth.render_block`` into the backend's ``run`` (the FDTD pass and its readback) and the
+strikes and coefficient ramps are in the mix), renders blocks (``--block``, 128 frames by default) and splits each
+``Synth.render_block`` into the backend's ``run`` (the FDTD pass and its readback; on the GPU
+its ``submit`` and ``collect``) and the
 rest (events, records, force, decimation, output matrix, mix, limiter). Two output stages side
 by side, same run: the compiled one the synth uses (:func:`engine.mixdown.mix_voices`) and its
 numpy/scipy twin (:func:`engine.mixdown.mix_voices_reference`, the naive version).
@@ -34,16 +35,22 @@ def measure(backend, preset, voices: int, blocks: int, mixer, gap_s: float = 0.0
 
     synth_mod.mix_voices = mixer
     synth = synth_mod.Synth(backend, preset, sample_rate_hz=RATE, max_polyphony=voices)
-    run = backend.run
+    # the backend's share: run (numba), or submit + collect (GPU: Synth.begin/finish_block)
+    names = [n for n in ("run", "submit", "collect") if hasattr(backend, n)]
+    originals = {n: getattr(backend, n) for n in names}
     spent = [0]
 
-    def timed(plan):
-        t = time.perf_counter_ns()
-        out = run(plan)
-        spent[0] += time.perf_counter_ns() - t
-        return out
+    def timed(fn):
+        def call(*args):
+            t = time.perf_counter_ns()
+            out = fn(*args)
+            spent[0] += time.perf_counter_ns() - t
+            return out
 
-    backend.run = timed
+        return call
+
+    for n in names:
+        setattr(backend, n, timed(originals[n]))
     try:
         for i in range(voices):
             synth.note_on(40 + i % 48, 0.8, i % 16, offset=i % backend.block_frames)
@@ -76,7 +83,8 @@ def measure(backend, preset, voices: int, blocks: int, mixer, gap_s: float = 0.0
             "rest_p99_us": float(np.percentile(rest, 99)),
         }
     finally:
-        backend.run = run
+        for n in names:
+            delattr(backend, n)  # the instance attribute: the class's method again
         synth_mod.mix_voices = MIXERS["compiled"]
 
 
@@ -87,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--voices", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--blocks", type=int, default=300)
+    ap.add_argument("--block", type=int, default=128, help="frames a block")
     ap.add_argument("--preset", default="plate")
     ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
     ap.add_argument("--gaps-ms", type=float, nargs="*", default=[],
@@ -101,7 +110,7 @@ def main() -> None:
     MIXERS.update(compiled=mix_voices, reference=mix_voices_reference)
     preset = load_preset(find_preset(args.preset))
     backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=max(args.voices),
-                           block_frames=128)
+                           block_frames=args.block)
     if hasattr(backend, "warm_up"):
         backend.warm_up()
     rows = []
@@ -127,9 +136,9 @@ def main() -> None:
         f"### synth per block — {platform.node()} ({os.cpu_count()} cores), "
         f"{type(backend).__name__}, {summary} — {date}",
         "",
-        f"128-frame blocks of the {args.preset} preset at 48 kHz, {args.blocks} blocks a row; µs a "
+        f"{args.block}-frame blocks of the {args.preset} preset at 48 kHz, {args.blocks} blocks a row; µs a "
         "block, medians. *rest* is everything `Synth.render_block` does besides the backend's "
-        "`run` (FDTD pass and readback); budget for real time: 2667 µs a block.",
+        f"`run` (FDTD pass and readback); budget for real time: {args.block / RATE * 1e6:.0f} µs a block.",
         "",
         "| voices | sounding | run µs | rest µs (compiled mix) | rest p99 µs | rest µs (numpy mix) | numpy/compiled | total µs |",
         "|---|---|---|---|---|---|---|---|",
