@@ -382,6 +382,18 @@ def test_three_backends_agree_from_a_written_state(adapter, seed):
         backends["numba32"].write_fields(0, np.full((2, n, n), np.nan))
 
 
+def continuing_plan(gpu: GpuFdtd, records, forces, block: int, steps=lambda v: 1 + v):
+    """A plan of a voice per record: reset and struck (``forces[v]``) at block 0, continuing
+    unforced after."""
+    plan = gpu.new_plan()
+    for v, rec in enumerate(records):
+        r = rec.copy()
+        if block:
+            r["flags"] = 0
+        plan.add_voice(v, steps(v), plan.add_record(r), forces[v] if block == 0 else None)
+    return plan
+
+
 def test_every_readback_returns_the_same_block(adapter, seed):
     """Waiting for the pickups by polling on the calling thread (``spin``), by sleeping through
     most of the predicted kernel time first (``nap``, from the 9th block on) or on wgpu-py's
@@ -401,13 +413,7 @@ def test_every_readback_returns_the_same_block(adapter, seed):
     tokens = [gpu.device._poller._token_count for gpu in backends]
     for block in range(12):
         for gpu in backends:
-            plan = gpu.new_plan()
-            for v in range(3):
-                rec = records[v].copy()
-                if block:
-                    rec["flags"] = 0
-                head = plan.add_record(rec)
-                plan.add_voice(v, 1 + v, head, forces[v] if block == 0 else None)
+            plan = continuing_plan(gpu, records, forces, block)
             outs[gpu.readback].append(gpu.run(plan).copy())
     assert READBACK_MODES == ("spin", "nap", "thread")
     # spin and nap map without waking wgpu-py's poll thread (engine.fdtd._ReadMap)
@@ -442,12 +448,7 @@ def test_profiled_runs_give_the_same_block_and_ordered_phases(adapter, seed):
     outs: dict[bool, list[np.ndarray]] = {False: [], True: []}
     for block in range(3):
         for gpu in backends:
-            plan = gpu.new_plan()
-            for v in range(2):
-                rec = records[v].copy()
-                if block:
-                    rec["flags"] = 0
-                plan.add_voice(v, 2, plan.add_record(rec), force if block == 0 else None)
+            plan = continuing_plan(gpu, records, [force, force], block, steps=lambda v: 2)
             outs[gpu.profile].append(gpu.run(plan).copy())
             if gpu.profile:
                 t = gpu.last_timing_ns
@@ -473,14 +474,8 @@ def test_submitting_a_block_before_collecting_the_last_gives_the_same_blocks(ada
     force = pulse(rng, frames, 4)
     gpus = [GpuFdtd(n, 2, frames, adapter=adapter, profile=p) for p in (False, True)]
 
-    def plan_for(gpu, block):
-        plan = gpu.new_plan()
-        for v in range(2 if block % 3 else 1):  # the voice count changes between blocks
-            r = recs[v].copy()
-            if block:
-                r["flags"] = 0
-            plan.add_voice(v, 1 + v, plan.add_record(r), force if block == 0 else None)
-        return plan
+    def plan_for(gpu, block):  # the voice count changes between blocks
+        return continuing_plan(gpu, recs[: 2 if block % 3 else 1], [force, force], block)
 
     for gpu in gpus:
         for slot, (s, d) in enumerate(maps):
