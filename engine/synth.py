@@ -425,9 +425,15 @@ class Synth:
         dropped and the channel's sustain pedal is lifted."""
         self._queue(_Pending(offset, "sound_off", 0, channel))
 
-    def set_morph(self, weight: float | None) -> None:
-        """Override the ``morph`` parameter (0..1) of notes struck from now on; ``None`` stops."""
-        self._morph_override = None if weight is None else float(np.clip(weight, 0.0, 1.0))
+    def set_morph(self, weight: float | None, offset: int = 0) -> None:
+        """Override the ``morph`` parameter (0..1: from the preset's map to the morph target's)
+        from sample ``offset`` of the next block: the notes sounding then (unless their
+        parameters were given explicitly) move to the new body, and notes struck from then on
+        start on it. ``None`` gives every note back the morph its parameter source says. A
+        body not tuned yet plays at once on the nearest tuned one while it is solved
+        (:mod:`engine.modes`)."""
+        value = math.nan if weight is None else _unit(weight, "morph")
+        self._queue(_Pending(offset, "morph", 0, 0, value))
 
     def set_param_source(self, source: ParamSource) -> None:
         """Use ``source`` for notes struck and re-evaluated from now on."""
@@ -864,6 +870,20 @@ class Synth:
             for v in self.voices:
                 if v.active and v.channel == ch and not v.stopping:
                     self._sound_off(v, offset)
+        elif ev.kind == "morph":
+            self._morph_override = None if math.isnan(ev.value) else ev.value
+            for v in self.voices:
+                if not v.active:
+                    continue
+                for t in (v.tone, v.pending):
+                    if t is None or t.explicit:
+                        continue
+                    params = t.params.copy()
+                    if self._morph_override is not None:  # no KAN pass: only the morph moves
+                        params[_I["morph"]] = self._morph_override
+                    else:
+                        params = self._source_params(t.note, t.channel, t.velocity)
+                    self._update(v, t, offset, params)
         elif ev.kind in ("bend", "mod", "pressure", "slide"):
             {
                 "bend": self._bend,

@@ -643,3 +643,43 @@ def test_the_gpu_pipeline_plays_the_same_as_block_after_block(adapter, seed):
     first = (freed[0] if freed else 24) * 128
     np.testing.assert_array_equal(a[:first], b[:first], err_msg=f"seed={seed}")
     assert np.abs(a - b).max() < 10 ** (-90 / 20), (seed, np.abs(a - b).max())
+
+
+def test_the_morph_knob_moves_held_notes_at_its_sample(seed):
+    """set_morph while a note sounds: from the event's sample the voice plays the new blend
+    of the two maps (its record's morph) on the new body, retuned to its pitch; explicit
+    parameters stay as given; None gives the note back its source's morph."""
+    rng = np.random.default_rng(seed)
+    a, b = preset(rng), preset(rng)
+    s = Synth(CpuFdtd(32, 2, 128, dtype=np.float64), a, morph_to=b, sample_rate_hz=RATE)
+    s.note_on(57, 100, 0, 0)
+    explicit = s.base_params.copy()
+    s.note_on(64, 100, 1, 0, params=explicit)
+    s.render_block()
+    held = next(v for v in s.voices if v.active and v.note == 57)
+    fixed = next(v for v in s.voices if v.active and v.note == 64)
+    start_morph = float(held.tone.record["morph"])
+    s.set_morph(0.7, offset=40)
+    s.render_block()
+    plan = s.plan
+    h = plan.headers[[int(x) for x in plan.headers["slot"][: plan.n_voices]].index(held.slot)]
+    switches = [
+        (int(e["sample"]), float(plan.records[e["record"]]["morph"]))
+        for e in plan.events[h["first_event"] : h["first_event"] + h["n_events"]]
+    ]
+    assert float(plan.records[h["record"]]["morph"]) == pytest.approx(start_morph)
+    assert (40, pytest.approx(round(0.7 * 128) / 128)) in switches, switches
+    assert held.tone.body_key[0] == round(0.7 * 128)
+    assert float(fixed.tone.record["morph"]) == pytest.approx(float(explicit[P.index("morph")]))
+    # a held note alone is still tuned to its pitch on the new body
+    solo = Synth(CpuFdtd(32, 2, 128, dtype=np.float64), a, morph_to=b, sample_rate_hz=RATE)
+    solo.note_on(57, 100, 0, 0)
+    render(solo, 2)
+    solo.set_morph(0.7, offset=17)
+    out = render(solo, 40)[2 * 128 :, 0]
+    assert abs(cents(fundamental_hz(out, RATE), note_to_hz(57))) < 3.0, seed
+    s.set_morph(None)
+    s.render_block()
+    assert float(held.tone.record["morph"]) == pytest.approx(start_morph)
+    with pytest.raises(ValueError, match="morph=nan"):
+        s.set_morph(float("nan"))
