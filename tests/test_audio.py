@@ -204,6 +204,54 @@ def test_events_keep_their_spacing_to_the_sample(jack_output, block):
     np.testing.assert_array_equal(engine.captured[:n], np.concatenate(out))
 
 
+class _FailingOnce(CpuFdtd):
+    """The CPU backend, failing one block on purpose: stands in for a GPU lost mid-block,
+    which cannot be made to happen on demand."""
+
+    fail_at = -1
+
+    def run(self, plan):
+        self.fail_at -= 1
+        if self.fail_at == 0:
+            raise RuntimeError("the GPU did not return a block's pickups (stand-in)")
+        return super().run(plan)
+
+
+def test_a_failing_block_plays_silence_and_the_engine_plays_on(jack_output):
+    """A block whose physics fails (a lost GPU) is logged and played as silence — with the
+    block begun before it, when blocks are shorter than the period — and the next notes
+    sound: the render thread survives, the ring stays in step with the device."""
+    from engine.synth import Synth
+
+    backend = _FailingOnce(32, 2, 32)
+    synth = Synth(backend, _preset(), sample_rate_hz=48_000)
+    engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_frames=1024,
+                        capture_s=3.0)  # fmt: skip
+    engine.start()
+    try:
+        time.sleep(0.3)
+        engine.post(("note_on", 57, 100, 0))
+        time.sleep(0.3)
+        backend.fail_at = 5  # the 5th block from now fails
+        time.sleep(0.3)
+        assert backend.fail_at < 0, "the failing block was not reached"
+        engine.post(("note_on", 64, 100, 1))
+        time.sleep(0.6)
+        running = engine.running
+        frames = engine.stats()["frames"]
+    finally:
+        engine.stop()
+    assert running and frames > 1.2 * 48_000
+    audio = engine.captured[:, 0]
+    assert np.all(np.isfinite(audio))
+    # the silenced stretch: at least one whole 32-frame block of exact zeros after the first
+    # note began, and sound again after the second note
+    (f1, _), (f2, _) = [(f, e) for f, e in engine.event_log if e[0] == "note_on"]
+    zeros = np.flatnonzero(audio[f1 + 64 : f2] == 0.0)
+    assert len(zeros) >= 32, "no silenced block between the notes"
+    assert np.abs(audio[f2 + 32 : f2 + 4800]).max() > 1e-3
+
+
 VANISH = textwrap.dedent(
     """
     import json, os, sys, time
