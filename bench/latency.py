@@ -63,7 +63,10 @@ def measure(design: str, args, device: int) -> dict:
     from engine.synth import Synth
 
     preset = load_preset(find_preset(args.preset))
-    backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=16, block_frames=args.period)
+    # the ring design may render blocks shorter than the period (engine/audio.py: only the
+    # last block of a period waits for the GPU); the callback design renders one period
+    block = args.block if design == "ring" and args.block else args.period
+    backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=16, block_frames=block)
     synth = Synth(backend, preset, sample_rate_hz=RATE, release_s=0.05, max_polyphony=16)
     midi = MidiInput(api="jack", client_name=f"latency-{design}")
     midi.open_virtual("in")
@@ -125,6 +128,8 @@ def main() -> None:
     ap.add_argument("--period", type=int, default=128)
     ap.add_argument("--ahead", type=int, default=None,
                     help="frames the render thread has to render a block (default: one block)")
+    ap.add_argument("--block", type=int, default=None,
+                    help="ring design: frames the engine renders at a time (default: the period)")
     ap.add_argument("--spacing-s", type=float, default=0.06)
     ap.add_argument("--preset", default="plate")
     ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
@@ -148,7 +153,8 @@ def main() -> None:
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         f"### latency — {platform.node()} ({os.cpu_count()} cores), {results[0]['backend']}, "
-        f"JACK dummy {RATE} Hz, {args.period}-frame periods and blocks, ring design's delay "
+        f"JACK dummy {RATE} Hz, {args.period}-frame periods, ring design's blocks "
+        f"{args.block or args.period} frames and delay "
         f"{results[0]['delay_frames']} frames ({results[0]['delay_frames'] / RATE * 1e3:.2f} ms: "
         f"{results[0]['ahead_frames']} frames to render a block) — {date}",
         "",
