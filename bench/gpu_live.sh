@@ -12,7 +12,7 @@ for ahead in ${AHEADS:-128 96 64}; do
   python3 bench/latency.py --notes 200 --backend gpu --ahead "$ahead" ${LATENCY_BLOCK:+--block "$LATENCY_BLOCK"} 2>&1 | tee -a "$OUT/latency.log"
 done
 if [ "${SOAK_MINUTES:-3}" != 0 ]; then
-  for readback in ${READBACKS:-poll}; do
+  for readback in ${READBACKS:-spin}; do
     python3 bench/soak.py --minutes "${SOAK_MINUTES:-3}" --polyphony 32 --backend gpu \
       --ahead "${SOAK_AHEAD:-96}" --readback "$readback" 2>&1 | tee -a "$OUT/soak.log"
   done
