@@ -423,7 +423,12 @@ class GpuFdtd:
         """One dispatch for the plan's voices; returns their fine-rate pickups (float32 view).
 
         The view is valid until the next call. ``run`` is :meth:`submit` then :meth:`collect`.
+
+        Raises:
+            RuntimeError: blocks are in flight (their pickups would come back instead).
         """
+        if self._in_flight:
+            raise RuntimeError("run() with submitted blocks in flight: collect them first")
         self.submit(plan)
         return self.collect()
 

@@ -4,6 +4,12 @@
 //   u_tt = c²·s·∇²u − 2·d·u_t + 2σ₁·s·∇²u_t + f(t)·e(x,y)
 // Scheme, per cell, L the 5-point Laplacian in grid units, γ = d·Δt, a = 2/(1+γ):
 //   u⁺ = a·u + (1−a)·u⁻ + (C²s/(1+γ))·Lu + (ηs/(1+γ))·(Lu − Lu⁻) + footprint·kick/(1+γ)
+// evaluated as u⁺ = u + δ − b·δ + …, δ = u − u⁻, b = 2γ/(1+γ) = 2 − a: in float32, a ≈ 2 − 2γ
+// carries the damping in its last bits (a ULP of a is ~1% of a typical 2γ ≈ 2e-5, and the
+// error grows with every step), b carries it at full relative precision; and Lu as
+// (Σ neighbours − 4u) + b·(missing)·u, where −4u is exact. Against the float64 twin over 2048
+// steps on an 8×8 grid (40 random bodies, lavapipe) the error fell from a median 2.4e-5 to
+// 2.4e-6 with these two forms.
 // Stable while (C² + 2η)·max(s) < 0.5; the host refuses records that break it.
 // Boundary: the ghost cell outside an edge holds b·u_edge (b = 0 clamped, b = 1 free).
 //
@@ -61,7 +67,7 @@ struct Event { sample: u32, record: u32, }
 var<workgroup> field: array<f32, 2u * NN>;
 
 // Per-invocation state of the cells it owns.
-var<private> coef_a: array<f32, CELLS>;
+var<private> coef_b: array<f32, CELLS>;
 var<private> coef_l: array<f32, CELLS>;
 var<private> coef_e: array<f32, CELLS>;
 var<private> coef_f: array<f32, CELLS>;
@@ -87,7 +93,7 @@ fn laplacian(base: u32, c: u32) -> f32 {
     if (i < GRID_N - 1u) { sum += field[base + c + GRID_N]; } else { missing += 1.0; }
     if (j > 0u) { sum += field[base + c - 1u]; } else { missing += 1.0; }
     if (j < GRID_N - 1u) { sum += field[base + c + 1u]; } else { missing += 1.0; }
-    return sum + (missing * boundary - 4.0) * uc;
+    return (sum - 4.0 * uc) + missing * boundary * uc;
 }
 
 // The coefficients of cell k of this invocation under a record (k is a constant at each call).
@@ -97,8 +103,9 @@ fn cell_coefficients(rec: VoiceRecord, k: u32, t: u32) {
     let base_b = rec.map_b * 2u * NN;
     let s = mix(maps[base_a + c], maps[base_b + c], rec.morph);
     let d = mix(maps[base_a + NN + c], maps[base_b + NN + c], rec.morph);
-    let inv = 1.0 / (1.0 + rec.gamma_per_d * d + rec.gamma_add);
-    coef_a[k] = 2.0 * inv;
+    let gamma = rec.gamma_per_d * d + rec.gamma_add;
+    let inv = 1.0 / (1.0 + gamma);
+    coef_b[k] = 2.0 * gamma * inv;
     coef_l[k] = rec.c2 * s * inv;
     coef_e[k] = rec.eta * s * inv;
     let dx = f32(c % GRID_N) - rec.exc_x;
@@ -141,9 +148,11 @@ fn step_cell(k: u32, t: u32, cur: u32, up: f32, down: f32, kick: f32) -> f32 {
     var missing = 0.0;
     if (j > 0u) { sum += field[cur + c - 1u]; } else { missing += 1.0; }
     if (j < GRID_N - 1u) { sum += field[cur + c + 1u]; } else { missing += 1.0; }
-    let lu = sum + (missing * boundary - 4.0) * uc;
-    let a = coef_a[k];
-    let next = a * uc + (1.0 - a) * u_prev[k] + coef_l[k] * lu
+    // −4u is exact in float32; (b·missing − 4)·u would round ~0.5 ULP of 4u into a Lu that
+    // is a small difference of large terms (Lu ≈ 1e-2·u for smooth modes)
+    let lu = (sum - 4.0 * uc) + missing * boundary * uc;
+    let du = uc - u_prev[k];
+    let next = (uc + du) - coef_b[k] * du + coef_l[k] * lu
         + coef_e[k] * (lu - lu_prev[k]) + coef_f[k] * kick;
     lu_prev[k] = lu;
     return next;

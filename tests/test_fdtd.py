@@ -495,6 +495,8 @@ def test_submitting_a_block_before_collecting_the_last_gives_the_same_blocks(ada
     with pytest.raises(RuntimeError, match="collect.. without a submitted block"):
         piped.collect()
     piped.submit(plan_for(piped, 1))
+    with pytest.raises(RuntimeError, match="run.. with submitted blocks in flight"):
+        piped.run(plan_for(piped, 2))
     piped.submit(plan_for(piped, 2))
     with pytest.raises(RuntimeError, match="2 blocks in flight already"):
         piped.submit(plan_for(piped, 3))
