@@ -28,6 +28,7 @@ Public API: ``RECORD_DTYPE``, ``HEADER_DTYPE``, ``EVENT_DTYPE``, ``RECORD_RESET`
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 import numpy as np
@@ -93,6 +94,7 @@ HEADER_DTYPE = np.dtype(
     ]
 )
 assert HEADER_DTYPE.itemsize == 32
+_HEADER = struct.Struct("<8I")  # the same 32 bytes, for packing a row in one call
 
 #: At output sample ``sample`` (before its first step) switch to ``record``.
 EVENT_DTYPE = np.dtype([("sample", "<u4"), ("record", "<u4")])
@@ -132,8 +134,11 @@ class BlockPlan:
         self._record_bytes = memoryview(self.records.view(np.uint8))
         self._record_words = self.records.view(np.uint32)
         self.headers = np.zeros(max_voices, HEADER_DTYPE)
+        self._header_bytes = memoryview(self.headers.view(np.uint8))
         self.events = np.zeros(max(1, max_voices * max_events_per_voice), EVENT_DTYPE)
         self.force = np.zeros(max_voices * block_frames, np.float32)
+        # which voice rows of `force` hold only zeros (a silent voice skips re-zeroing its row)
+        self._force_zero = [True] * max_voices
         #: Most pickup values one block can produce.
         self.max_out = max_voices * 2 * block_frames * max_steps_per_sample
         self.clear()
@@ -202,7 +207,10 @@ class BlockPlan:
                 f"{len(events)} events for one voice; at most {self.max_events_per_voice} a block"
             )
         v = self.n_voices
-        self.headers[v] = (
+        # packed into the header's bytes: a structured-row assignment costs ~4× as much
+        _HEADER.pack_into(
+            self._header_bytes,
+            v * _HEADER.size,
             slot,
             steps_per_sample,
             self.block_frames,
@@ -222,11 +230,12 @@ class BlockPlan:
             self.events[self.n_events] = (sample, rec)
             self.n_events += 1
             last = sample
-        f = self.force[v * self.block_frames : (v + 1) * self.block_frames]
-        if force is None:
-            f[:] = 0.0
-        else:
-            f[:] = force
+        if force is not None:
+            self.force[v * self.block_frames : (v + 1) * self.block_frames] = force
+            self._force_zero[v] = False
+        elif not self._force_zero[v]:
+            self.force[v * self.block_frames : (v + 1) * self.block_frames] = 0.0
+            self._force_zero[v] = True
         self.out_size += 2 * self.block_frames * steps_per_sample
         self.n_voices += 1
         return v

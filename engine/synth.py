@@ -1158,6 +1158,8 @@ def _unit(value: float, what: str) -> float:
 def _coalesce(lst: list[list], max_events: int) -> list[list]:
     """At most ``max_events`` switches after the first record: drop the earliest non-reset
     switches that a later one supersedes (their parameters then start a little late)."""
+    if len(lst) - 1 <= max_events:  # the usual case: nothing to drop
+        return lst
     lst = list(lst)
     i = 1
     while len(lst) - 1 > max_events and i < len(lst) - 1:

@@ -554,3 +554,33 @@ class _NeverDone:
 
     def set_done(self) -> None:
         pass
+
+
+def test_a_plan_reused_block_after_block_holds_exactly_what_was_added(seed):
+    """BlockPlan packs headers in one call and re-zeroes a voice's force row only when it
+    held a force: a row reused by a silent voice is zeros again, headers read back as given."""
+    rng = np.random.default_rng(seed)
+    plan = BlockPlan(4, 16, max_steps_per_sample=4, max_events_per_voice=2)
+    rec = np.zeros((), RECORD_DTYPE)
+    for block in range(6):
+        plan.clear()
+        forced = rng.random(3) < 0.5
+        want = []
+        for v in range(3):
+            r = plan.add_record(rec)
+            e = plan.add_record(rec)
+            steps = int(rng.integers(1, 5))
+            force = rng.standard_normal(16).astype(np.float32) if forced[v] else None
+            events = [(int(rng.integers(0, 16)), e)] if v == 1 else []
+            plan.add_voice(v + 7, steps, r, force, events)
+            want.append((v + 7, steps, force))
+        out = 0
+        for v, (slot, steps, force) in enumerate(want):
+            h = plan.headers[v]
+            assert (int(h["slot"]), int(h["steps_per_sample"]), int(h["n_samples"])) == (slot, steps, 16)
+            assert int(h["out_offset"]) == out and int(h["force_offset"]) == 16 * v
+            assert int(h["n_events"]) == (1 if v == 1 else 0)
+            out += 2 * 16 * steps
+            row = plan.force[16 * v : 16 * (v + 1)]
+            np.testing.assert_array_equal(row, force if force is not None else np.zeros(16))
+        assert plan.out_size == out
