@@ -68,8 +68,8 @@ def diagnose(engine, runs: np.ndarray | None = None) -> list[str]:
         run_us = np.nan
         if runs is not None and len(runs):
             j = np.searchsorted(runs[:, 0], t0)
-            if j < len(runs) and runs[j, 1] <= t1:
-                run_us = (runs[j, 1] - runs[j, 0]) / 1e3
+            if j < len(runs) and runs[j, 0] <= t1:  # this block's physics started in it
+                run_us = backend_us(runs[j : j + 1])[0]
         rows.append(((t0 - due) / 1e3, (t1 - t0) / 1e3, (t_cb - (base + frame * ns)) / 1e3,
                      (t1 - t_cb) / 1e3, (prev_t1 - due) / 1e3, run_us, frame / rate))
     if not rows:
@@ -99,7 +99,7 @@ def diagnose(engine, runs: np.ndarray | None = None) -> list[str]:
         f"{np.percentile(r, 99.9):.0f} max {r.max():.0f} µs; start after due median "
         f"{np.median(d):.0f} p99.9 {np.percentile(d, 99.9):.0f} max {d.max():.0f} µs")
     if runs is not None and len(runs):
-        ru = (runs[:, 1] - runs[:, 0]) / 1e3
+        ru = backend_us(runs)
         say(f"  backend.run median {np.median(ru):.0f} p99.9 {np.percentile(ru, 99.9):.0f} "
             f"max {ru.max():.0f} µs; render − run median {np.median(r) - np.median(ru):.0f} µs")
         if runs[:, 2].any():
@@ -110,6 +110,16 @@ def diagnose(engine, runs: np.ndarray | None = None) -> list[str]:
             if len(slow_runs):
                 say(f"  the {len(slow_runs)} runs over half the budget: " + phase_table(slow_runs))
     return lines
+
+
+def backend_us(runs: np.ndarray) -> np.ndarray:
+    """The backend's own time per block (µs): its run, or on the GPU its submit plus its
+    collect — not the time between them, when the render thread finished the block before
+    (a block shorter than the period is collected during the next one's render)."""
+    total = (runs[:, 1] - runs[:, 0]) / 1e3
+    split = runs[:, 3] > 0
+    total[split] = ((runs[split, 3] - runs[split, 0]) + (runs[split, 1] - runs[split, 7])) / 1e3
+    return total
 
 
 def phase_table(runs: np.ndarray) -> str:
@@ -188,13 +198,10 @@ def main() -> None:
         started: list[int] = []
 
         def timed_submit(plan):
-            started.append(time.perf_counter_ns())
+            t = time.perf_counter_ns()
             inner_submit(plan)
-            if timing is not None:
-                started.append(int(timing[1]))
-                started.append(int(timing[2]))
-            else:
-                started.extend((0, 0))
+            submitted = time.perf_counter_ns()
+            started.extend((t, int(timing[1]) if timing is not None else 0, submitted))
 
         def timed_collect():
             c = time.perf_counter_ns()
@@ -267,7 +274,7 @@ def main() -> None:
     finally:
         server.stop()
     cb, rd, late = stats["callback_us"], stats["render_us"], stats["callback_late_us"]
-    ru = (ran[:, 1] - ran[:, 0]) * 1e-3
+    ru = backend_us(ran)
     ru_q = [float(np.percentile(ru, q)) for q in (50, 99)] if len(ru) else [np.nan, np.nan]
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     text = "\n".join([
