@@ -380,6 +380,8 @@ class LiveEngine:
         self.underruns = 0
         self.xruns = 0
         self.late_events = 0
+        #: posted events the synth refused (wrong note, channel, value): ignored, logged
+        self.bad_events = 0
         self.silenced_blocks = 0
         self.device_errors = 0
         #: largest |sample| handed to the ring
@@ -552,6 +554,7 @@ class LiveEngine:
             "underruns": self.underruns,
             "xruns": self.xruns,
             "late_events": self.late_events,
+            "bad_events": self.bad_events,
             "silenced_blocks": self.silenced_blocks,
             "peak": self.peak,
             "device_errors": self.device_errors,
@@ -701,25 +704,13 @@ class LiveEngine:
         # the device frame this block will start at: rendered frames plus the zeros played
         start = self._rendered_frames + self._skipped
         end = start + self.block_frames
-        while self._events:
-            arrival, event = self._events[0]
-            frame = self._frame_of(arrival)
-            if frame >= end:
-                break
-            self._events.popleft()
-            if frame < start:
-                self.late_events += 1
-                frame = start
-            self._dispatch(self.synth, event, frame - start)
-            self.event_log.append((frame, event))
-        if self.midi is not None:
-            self._play_midi(start, end)
         # Begin this block (on the GPU: submitted, not waited for), then finish the block
         # before it, which the GPU completed meanwhile; the last block before a callback's
         # period boundary is finished at once. With blocks shorter than the period, only that
         # one waits for the GPU inside the render budget (Synth.begin_block).
         begun = False
         try:
+            self._apply_events(start, end)
             self.synth.begin_block()
             begun = True
             self._rendered_frames += self.block_frames
@@ -741,6 +732,27 @@ class LiveEngine:
         self._render_hist.add((t1 - t0) * 1e-3)
         self.render_log[i] = (start, due if math.isfinite(due) else 0, t0, t1)
         self._render_count += 1
+
+    def _apply_events(self, start: int, end: int) -> None:
+        """Hand the synth every event that falls in device frames ``[start, end)``."""
+        while self._events:
+            arrival, event = self._events[0]
+            frame = self._frame_of(arrival)
+            if frame >= end:
+                break
+            self._events.popleft()
+            if frame < start:
+                self.late_events += 1
+                frame = start
+            try:
+                self._dispatch(self.synth, event, frame - start)
+            except (ValueError, TypeError, IndexError) as exc:  # a bad event, not a bad block
+                self.bad_events += 1
+                log.warning("ignored event %r: %s", event, exc)
+                continue
+            self.event_log.append((frame, event))
+        if self.midi is not None:
+            self._play_midi(start, end)
 
     def _write_block(self, block: np.ndarray) -> None:
         """Hand a finished block to the ring (silenced if not finite or at full scale)."""

@@ -252,6 +252,33 @@ def test_a_failing_block_plays_silence_and_the_engine_plays_on(jack_output):
     assert np.abs(audio[f2 + 32 : f2 + 4800]).max() > 1e-3
 
 
+def test_a_bad_event_is_ignored_and_the_block_plays(jack_output):
+    """A posted event the synth refuses (a channel out of range, a velocity that is not a
+    number) is logged and counted, and costs nothing else: no silenced block, the notes
+    around it sound."""
+    from engine.synth import Synth
+
+    synth = Synth(CpuFdtd(32, 2, 64), _preset(), sample_rate_hz=48_000)
+    engine = LiveEngine(synth, device=jack_output, period_frames=128, ahead_frames=1024,
+                        capture_s=2.0)  # fmt: skip
+    engine.start()
+    try:
+        time.sleep(0.2)
+        t = time.perf_counter_ns()
+        engine.post(("note_on", 57, 100, 0), arrival_ns=t)
+        engine.post(("note_on", 60, 100, 99), arrival_ns=t + 1000)  # channel 99
+        engine.post(("note_on", 62, "loud", 0), arrival_ns=t + 2000)  # not a velocity
+        time.sleep(0.5)
+        stats = engine.stats()
+    finally:
+        engine.stop()
+    assert stats["bad_events"] == 2 and stats["silenced_blocks"] == 0, stats
+    (f1, e1), = [(f, e) for f, e in engine.event_log if e[0] == "note_on"]
+    assert e1[1] == 57
+    audio = engine.captured[:, 0]
+    assert np.abs(audio[f1 : f1 + 4800]).max() > 1e-3 and np.all(np.isfinite(audio))
+
+
 VANISH = textwrap.dedent(
     """
     import json, os, sys, time
