@@ -7,9 +7,13 @@
 // evaluated as u⁺ = u + δ − b·δ + …, δ = u − u⁻, b = 2γ/(1+γ) = 2 − a: in float32, a ≈ 2 − 2γ
 // carries the damping in its last bits (a ULP of a is ~1% of a typical 2γ ≈ 2e-5, and the
 // error grows with every step), b carries it at full relative precision; and Lu as
-// (Σ neighbours − 4u) + b·(missing)·u, where −4u is exact. Against the float64 twin over 2048
-// steps on an 8×8 grid (40 random bodies, lavapipe) the error fell from a median 2.4e-5 to
-// 2.4e-6 with these two forms.
+// (Σ neighbours − 4u) + b·(missing)·u, where −4u is exact; and the stiffness and loss terms as
+// (s/(1+γ))·((C²+η)·Lu − η·Lu⁻), one per-cell coefficient, as the numba twin does (the form
+// with C²s/(1+γ) and ηs/(1+γ) rounded apart drifted 20× further from the float64 twin on an
+// almost free body, boundary 0.998, whose near-rigid mode is slow and strongly excited).
+// Against the float64 twin over 2048 steps on an 8×8 grid (40 random bodies, lavapipe) the
+// three forms took the error from a median 2.4e-5 (worst 4.4e-5) to 2.2e-6 (worst 5.0e-6),
+// and on that almost free body from 1.4e-4 to 9e-6 (numba float32: 4.9e-6).
 // Stable while (C² + 2η)·max(s) < 0.5; the host refuses records that break it.
 // Boundary: the ghost cell outside an edge holds b·u_edge (b = 0 clamped, b = 1 free).
 //
@@ -68,13 +72,14 @@ var<workgroup> field: array<f32, 2u * NN>;
 
 // Per-invocation state of the cells it owns.
 var<private> coef_b: array<f32, CELLS>;
-var<private> coef_l: array<f32, CELLS>;
-var<private> coef_e: array<f32, CELLS>;
+var<private> coef_k: array<f32, CELLS>;
 var<private> coef_f: array<f32, CELLS>;
 var<private> lu_prev: array<f32, CELLS>;
 var<private> u: array<f32, CELLS>;
 var<private> u_prev: array<f32, CELLS>;
 var<private> boundary: f32;
+var<private> c2_eta: f32;  // C² + η of the record in force
+var<private> eta: f32;
 var<private> pick: vec4<f32>;
 
 // Cell k of invocation t: row 4·(t div N) + k, column t mod N.
@@ -106,8 +111,7 @@ fn cell_coefficients(rec: VoiceRecord, k: u32, t: u32) {
     let gamma = rec.gamma_per_d * d + rec.gamma_add;
     let inv = 1.0 / (1.0 + gamma);
     coef_b[k] = 2.0 * gamma * inv;
-    coef_l[k] = rec.c2 * s * inv;
-    coef_e[k] = rec.eta * s * inv;
+    coef_k[k] = s * inv;
     let dx = f32(c % GRID_N) - rec.exc_x;
     let dy = f32(c / GRID_N) - rec.exc_y;
     coef_f[k] = exp(-(dx * dx + dy * dy) * rec.exc_inv_2w2) * rec.exc_norm * inv;
@@ -117,6 +121,8 @@ fn cell_coefficients(rec: VoiceRecord, k: u32, t: u32) {
 fn apply_record(r: u32, t: u32) -> bool {
     let rec = records[r];
     boundary = rec.boundary;
+    c2_eta = rec.c2 + rec.eta;
+    eta = rec.eta;
     pick = vec4<f32>(rec.pick_lx, rec.pick_ly, rec.pick_rx, rec.pick_ry);
     cell_coefficients(rec, 0u, t);
     cell_coefficients(rec, 1u, t);
@@ -152,8 +158,8 @@ fn step_cell(k: u32, t: u32, cur: u32, up: f32, down: f32, kick: f32) -> f32 {
     // is a small difference of large terms (Lu ≈ 1e-2·u for smooth modes)
     let lu = (sum - 4.0 * uc) + missing * boundary * uc;
     let du = uc - u_prev[k];
-    let next = (uc + du) - coef_b[k] * du + coef_l[k] * lu
-        + coef_e[k] * (lu - lu_prev[k]) + coef_f[k] * kick;
+    let next = (uc + du) - coef_b[k] * du + coef_k[k] * (c2_eta * lu - eta * lu_prev[k])
+        + coef_f[k] * kick;
     lu_prev[k] = lu;
     return next;
 }

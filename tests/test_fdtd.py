@@ -394,6 +394,33 @@ def continuing_plan(gpu: GpuFdtd, records, forces, block: int, steps=lambda v: 1
     return plan
 
 
+def test_an_almost_free_body_stays_on_the_float64_reference(adapter, seed):
+    """A body whose boundary is almost free (b = 0.998) has a slow, strongly excited
+    near-rigid mode whose frequency ∝ (1 − b) float32 rounding can move: the kernel's forms
+    (engine notes in shaders/fdtd.wgsl) keep it within the issue's 1e-4 over 2000 steps (a
+    CI run once failed at 1.4e-4 on such a body)."""
+    rng = np.random.default_rng(seed)
+    n, frames = 8, 256
+    gpu, ref = GpuFdtd(n, 1, frames, adapter=adapter), ReferenceFdtd(n, 1, frames)
+    maps = random_maps(rng, n)
+    max_s = max(m[0].max() for m in maps)
+    for slot, (s, d) in enumerate(maps):
+        gpu.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+        ref.upload_map(slot, s.astype(np.float32), d.astype(np.float32))
+    rec = random_record(rng, n, max_s, flags=RECORD_RESET)
+    rec["boundary"] = 0.998
+    force = pulse(rng, frames, int(rng.integers(0, 50)))
+    gs, rs = [], []
+    for block in range(3):
+        plan = continuing_plan(gpu, [rec], [force], block, steps=lambda v: 3)
+        g, r = run_both(gpu, ref, plan)
+        gs.append(plan.voice_pickups(g, 0))
+        rs.append(plan.voice_pickups(r, 0))
+    g, r = np.concatenate(gs, axis=1)[:, :2048], np.concatenate(rs, axis=1)[:, :2048]
+    err = np.linalg.norm(g - r) / np.linalg.norm(r)
+    assert np.linalg.norm(r) > 1e-6 and err < 1e-4, f"seed={seed}: relative L2 error {err:.3e}"
+
+
 def test_every_readback_returns_the_same_block(adapter, seed):
     """Waiting for the pickups by polling on the calling thread (``spin``), by sleeping through
     most of the predicted kernel time first (``nap``, from the 9th block on) or on wgpu-py's
