@@ -10,7 +10,8 @@ factorisation), which the audio callback needs every 2.7 ms.
 
 :class:`BodyModes` keeps solved bodies in an LRU cache. With ``background`` on, a miss is
 answered at once with the nearest solved body, flagged inexact, and the exact one is solved in
-a worker *process* (one, started with ``spawn`` at the first miss; the maps are sent once); the most recent
+a worker *process* (one, started with ``spawn`` by a helper thread at the first miss —
+starting it blocks ~2 s, which the render thread must not; the maps are sent once); the most recent
 request is solved first and stale ones are dropped, so a sweep costs one solve at a time and
 ends on the body where the knob stopped. :meth:`BodyModes.take_solved` hands the render thread
 the bodies solved since its last call, and the synth retunes the voices that used a stand-in.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -96,7 +98,10 @@ class BodyModes:
         self._waiting: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._running: tuple[tuple[int, int], Future] | None = None
         self._new: list[tuple[int, int]] = []
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None  # set by the starter thread when up
+        self._starting = False
+        self._start_failed = False
+        self._epoch = 0  # close() moves it on: a worker started before is shut down
         self.background = False
         self.solves = 0  # done in this thread (misses with background off)
         self.background_solves = 0
@@ -108,14 +113,38 @@ class BodyModes:
         return m, int(round(boundary * self.steps))
 
     def start_background(self) -> None:
-        """Answer misses with stand-ins from now on and solve them in a worker process, started
-        at the first miss (launching it takes a few ms here; it then spends ~0.5 s importing
-        numpy and scipy on its own, while the stand-in plays)."""
+        """Answer misses with stand-ins from now on and solve them in a worker process.
+
+        The process is started at the first miss, by a helper thread, not by the caller:
+        starting it blocks until the new interpreter has imported numpy and scipy and read the
+        maps (~2 s measured on the 2-core VM), which in the render thread would be a 2 s
+        dropout. Misses wait for it meanwhile (their stand-ins play); a session that never
+        morphs starts no process."""
         self.background = True
+
+    def _start_worker(self, epoch: int) -> None:
+        """(helper thread) Start the worker process and wait until it answers."""
+        try:
+            ctx = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=_worker_init, initargs=(self.maps,)
+            )
+            pool.submit(int).result(timeout=120)  # the worker is up and has the maps
+        except Exception as exc:  # noqa: BLE001 - bodies are then solved in the synth
+            log.error("the body worker did not start (%s); bodies are solved in the synth", exc)
+            self._start_failed = True
+            return
+        if epoch != self._epoch:  # closed meanwhile
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self._pool = pool
+        self._starting = False
 
     def close(self) -> None:
         """Stop the worker (misses are solved on the spot again)."""
         self.background = False
+        self._epoch += 1
+        self._starting = False
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -129,7 +158,7 @@ class BodyModes:
         if hit is not None:
             self._solved.move_to_end(key)
             return Body(key, hit[0], hit[1], True)
-        if not self.background or not self._solved:
+        if not self.background or not self._solved or self._start_failed:
             mode, d = _solve(self.maps, key, self.steps)
             self.solves += 1
             self._store(key, mode, d)
@@ -147,9 +176,23 @@ class BodyModes:
         return new
 
     @property
+    def ready(self) -> bool:
+        """The worker process is up (background solves can start)."""
+        return self._pool is not None
+
+    @property
     def busy(self) -> bool:
         """A solve is running or waiting."""
         return self._running is not None or bool(self._waiting)
+
+    def _lost_worker(self, exc: Exception) -> None:
+        """The worker failed or is gone: count it, and solve in the synth from now on."""
+        self.failures += 1
+        if self._pool is not None and getattr(self._pool, "_broken", False):
+            self._pool = None
+            self.background = False
+            self._waiting.clear()
+            log.error("the body worker is gone (%s); bodies are solved in the synth again", exc)
 
     def _store(self, key, mode: LowestMode, d: float) -> None:
         self._solved[key] = (mode, d)
@@ -164,6 +207,14 @@ class BodyModes:
         self._waiting.move_to_end(key)
         while len(self._waiting) > _MAX_WAITING:
             self._waiting.popitem(last=False)
+        if self._pool is None and not self._starting and not self._start_failed:
+            self._starting = True
+            threading.Thread(
+                target=self._start_worker,
+                args=(self._epoch,),
+                name="neirosynth-body-worker-start",
+                daemon=True,
+            ).start()
         self._collect()
 
     def _collect(self) -> None:
@@ -178,20 +229,17 @@ class BodyModes:
                 self._new.append(key)
                 self.background_solves += 1
             except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the music
-                self.failures += 1
                 log.error("solving the body %s in the worker failed (%s); its stand-in stays", key, exc)
-                if self._pool is not None and getattr(self._pool, "_broken", False):
-                    self._pool = None
-                    self.background = False  # solve on the spot from now on
-                    self._waiting.clear()
-                    log.error("the body worker is gone; bodies are solved in the synth again")
-        while self._waiting and self._running is None and self.background:
+                self._lost_worker(exc)
+        if self._start_failed:
+            self._waiting.clear()
+            self.background = False
+        pool = self._pool  # None while the starter thread brings it up
+        while self._waiting and self._running is None and self.background and pool is not None:
             key, _ = self._waiting.popitem(last=True)  # the latest request first
             if key in self._solved:
                 continue
-            if self._pool is None:
-                ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=ctx, initializer=_worker_init, initargs=(self.maps,)
-                )
-            self._running = (key, self._pool.submit(_worker_solve, key, self.steps))
+            try:
+                self._running = (key, pool.submit(_worker_solve, key, self.steps))
+            except Exception as exc:  # noqa: BLE001 - a broken pool: solve in the synth
+                self._lost_worker(exc)

@@ -36,6 +36,15 @@ def wait_solved(bodies: BodyModes, timeout_s: float = 60.0) -> list[tuple[int, i
     raise AssertionError(f"the body worker did not finish within {timeout_s} s: {got}")
 
 
+def wait_ready(bodies: BodyModes, timeout_s: float = 60.0) -> None:
+    """Wait for the worker process (started by the first miss) to be up: its start takes
+    ~2 s on a small machine."""
+    end = time.monotonic() + timeout_s
+    while not bodies.ready and time.monotonic() < end:
+        time.sleep(0.01)
+    assert bodies.ready, f"the body worker did not start within {timeout_s} s"
+
+
 def test_a_miss_gets_a_stand_in_at_once_and_the_exact_body_from_the_worker(seed):
     rng = np.random.default_rng(seed)
     m = maps(rng)
@@ -70,6 +79,8 @@ def test_a_sweep_solves_the_latest_request_first_and_drops_stale_ones(seed):
     bodies.get((0, 0))
     bodies.start_background()
     try:
+        assert not bodies.get((30, 5)).exact and not bodies.ready  # the miss starts the worker
+        assert wait_solved(bodies) == [(30, 5)]
         sweep = [(k, 0) for k in range(1, 13)]  # 12 knob positions faster than one solve
         for key in sweep:
             assert not bodies.get(key).exact
@@ -127,8 +138,8 @@ def test_a_live_morph_sweep_retunes_to_what_a_synchronous_synth_plays(seed):
 
 
 def test_a_killed_worker_leaves_the_stand_in_and_later_bodies_are_solved_here(seed):
-    """The worker process dies mid-solve (killed): the synth's thread learns it without
-    raising, keeps the stand-in, and solves later misses itself."""
+    """The worker process dies (killed) with a request waiting for it: the synth's thread
+    learns it without raising, keeps the stand-in, and solves later misses itself."""
     import os
     import signal
 
@@ -138,6 +149,7 @@ def test_a_killed_worker_leaves_the_stand_in_and_later_bodies_are_solved_here(se
     bodies.start_background()
     try:
         assert not bodies.get((5, 3)).exact
+        wait_ready(bodies)
         for pid in list(bodies._pool._processes):  # the worker: kill it (it cannot be unplugged)
             os.kill(pid, signal.SIGKILL)
         end = time.monotonic() + 60
