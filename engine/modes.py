@@ -129,7 +129,7 @@ class BodyModes:
             pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=ctx, initializer=_worker_init, initargs=(self.maps,)
             )
-            pool.submit(int).result(timeout=120)  # the worker is up and has the maps
+            pool.submit(int).result(timeout=60)  # the worker is up and has the maps
         except Exception as exc:  # noqa: BLE001 - bodies are then solved in the synth
             log.error("the body worker did not start (%s); bodies are solved in the synth", exc)
             self._start_failed = True
