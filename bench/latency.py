@@ -56,7 +56,7 @@ class CallbackRenderer:
 def measure(design: str, args, device: int) -> dict:
     import rtmidi
 
-    from engine.audio import LiveEngine
+    from engine.audio import LiveEngine, live_block_frames
     from engine.backends import open_backend
     from engine.midi import MidiInput
     from engine.presets import find_preset, load_preset
@@ -65,8 +65,14 @@ def measure(design: str, args, device: int) -> dict:
     preset = load_preset(find_preset(args.preset))
     # the ring design may render blocks shorter than the period (engine/audio.py: only the
     # last block of a period waits for the GPU); the callback design renders one period
-    block = args.block if design == "ring" and args.block else args.period
-    backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=16, block_frames=block)
+    if design == "ring":
+        backend = open_backend(
+            args.backend, grid_n=preset.grid_n, max_voices=16,
+            block_frames=args.block or live_block_frames(args.period, gpu=False),
+            gpu_block_frames=args.block or live_block_frames(args.period, gpu=True))
+    else:
+        backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=16,
+                               block_frames=args.period)
     synth = Synth(backend, preset, sample_rate_hz=RATE, release_s=0.05, max_polyphony=16)
     midi = MidiInput(api="jack", client_name=f"latency-{design}")
     midi.open_virtual("in")
@@ -117,6 +123,7 @@ def measure(design: str, args, device: int) -> dict:
         "xruns": st["xruns"],
         "callback_p99_us": st["callback_us"]["p99"],
         "backend": type(backend).__name__,
+        "block_frames": backend.block_frames,
         "delay_frames": delay_frames,
         "ahead_frames": engine.ahead_frames,
     }
@@ -129,7 +136,8 @@ def main() -> None:
     ap.add_argument("--ahead", type=int, default=None,
                     help="frames the render thread has to render a block (default: one block)")
     ap.add_argument("--block", type=int, default=None,
-                    help="ring design: frames the engine renders at a time (default: the period)")
+                    help="ring design: frames the engine renders at a time (default: as `play`, half "
+                    "the period on a GPU)")
     ap.add_argument("--spacing-s", type=float, default=0.06)
     ap.add_argument("--preset", default="plate")
     ap.add_argument("--backend", choices=["auto", "gpu", "cpu"], default=None)
@@ -154,7 +162,7 @@ def main() -> None:
     lines = [
         f"### latency — {platform.node()} ({os.cpu_count()} cores), {results[0]['backend']}, "
         f"JACK dummy {RATE} Hz, {args.period}-frame periods, ring design's blocks "
-        f"{args.block or args.period} frames and delay "
+        f"{next(r['block_frames'] for r in results if r['design'] == 'ring')} frames and delay "
         f"{results[0]['delay_frames']} frames ({results[0]['delay_frames'] / RATE * 1e3:.2f} ms: "
         f"{results[0]['ahead_frames']} frames to render a block) — {date}",
         "",

@@ -145,7 +145,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--polyphony", type=int, default=32)
     ap.add_argument("--period", type=int, default=128)
-    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--block", type=int, default=None,
+                    help="frames a block (default: half the period on a GPU, as `play`)")
     ap.add_argument("--ahead", type=int, default=None,
                     help="frames the render thread has to render a block (default: one block)")
     ap.add_argument("--midi", type=Path, default=ROOT / "examples" / "minuet_in_g.mid")
@@ -166,7 +167,7 @@ def main() -> None:
 
     from jack import start_jack_server  # tests/jack.py
 
-    from engine.audio import LiveEngine
+    from engine.audio import LiveEngine, live_block_frames
     from engine.backends import open_backend
     from engine.midifile import read_midi_file
     from engine.presets import find_preset, load_preset
@@ -177,15 +178,16 @@ def main() -> None:
     if args.profile:
         from engine.fdtd import GpuFdtd
 
-        backend = GpuFdtd(grid_n=preset.grid_n, max_voices=args.polyphony,
-                          block_frames=args.block, profile=True)
+        backend = GpuFdtd(grid_n=preset.grid_n, max_voices=args.polyphony, profile=True,
+                          block_frames=args.block or live_block_frames(args.period, gpu=True))
     else:
         backend = open_backend(args.backend, grid_n=preset.grid_n, max_voices=args.polyphony,
-                               block_frames=args.block)
+                               block_frames=args.block or live_block_frames(args.period, gpu=False),
+                               gpu_block_frames=args.block or live_block_frames(args.period, gpu=True))
     if hasattr(backend, "readback"):
         backend.readback = args.readback
     # the render's split: the backend's run (FDTD pass, readback) and the rest of the block
-    n_log = 1 << int(np.ceil(np.log2(args.minutes * 60 * RATE / args.block * 1.1 + 16)))
+    n_log = 1 << int(np.ceil(np.log2(args.minutes * 60 * RATE / backend.block_frames * 1.1 + 16)))
     # per block the backend ran: start, end (of run, or of submit … collect on the GPU), and
     # with --profile the GPU backend's phases (buffers written, submitted, pickups mapped,
     # copied; host ns), its compute pass on the GPU clock (ns), and when collect began
@@ -283,7 +285,7 @@ def main() -> None:
         "",
         f"{'nothing (--idle)' if args.idle else args.midi.name} looped {loops}× for {played_s:.0f} s of audio at up to "
         f"{args.polyphony} voices, JACK dummy {RATE} Hz, {args.period}-frame periods, "
-        f"{args.block}-frame blocks, GPU readback: {getattr(backend, 'readback', '-')}, delay {delay} frames ({delay / RATE * 1e3:.2f} ms; "
+        f"{backend.block_frames}-frame blocks, GPU readback: {getattr(backend, 'readback', '-')}, delay {delay} frames ({delay / RATE * 1e3:.2f} ms; "
         f"{ahead} frames to render a block); render thread {rt_status}, jackd "
         f"{'--realtime' if args.jack_realtime else '--no-realtime'}.",
         "",

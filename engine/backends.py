@@ -33,6 +33,7 @@ def open_backend(
     max_voices: int = 64,
     block_frames: int = 256,
     adapter: str | None = None,
+    gpu_block_frames: int | None = None,
 ) -> FdtdBackend:
     """Create the backend ``kind`` (``None``: ``$NEIROSYNTH_BACKEND`` or ``auto``).
 
@@ -41,6 +42,8 @@ def open_backend(
         grid_n, max_voices, block_frames: sizes of the simulation.
         adapter: wgpu adapter name (see :func:`engine.gpu.choose_adapter`); naming one
             implies the GPU backend under ``auto``.
+        gpu_block_frames: the block if the GPU backend is chosen (default ``block_frames``);
+            live play renders half-period blocks on a GPU (:func:`engine.audio.live_block_frames`).
 
     Raises:
         ValueError: an unknown kind.
@@ -64,6 +67,8 @@ def open_backend(
         return _cpu(sizes, "no wgpu adapter")
     if kind == "auto" and adapter is None and chosen.info.get("adapter_type") == "CPU":
         return _cpu(sizes, f"the only wgpu adapter is the CPU one ({chosen.summary})")
+    if gpu_block_frames is not None:
+        sizes["block_frames"] = gpu_block_frames
     backend = GpuFdtd(adapter=chosen, **sizes)
     log.info("backend: GPU kernel on %s", backend.adapter_summary)
     return backend

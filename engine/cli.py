@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def _devices(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     import time
 
-    from .audio import AudioDeviceError, LiveEngine
+    from .audio import AudioDeviceError, LiveEngine, live_block_frames
     from .backends import open_backend
     from .midi import MidiInput
     from .presets import find_preset, load_preset
@@ -150,7 +151,9 @@ def _play(args: argparse.Namespace) -> int:
 
     preset = load_preset(find_preset(args.preset))
     backend = open_backend(
-        args.backend, grid_n=preset.grid_n, max_voices=args.polyphony, block_frames=args.block,
+        args.backend, grid_n=preset.grid_n, max_voices=args.polyphony,
+        block_frames=args.block or live_block_frames(args.period, gpu=False),
+        gpu_block_frames=args.block or live_block_frames(args.period, gpu=True),
         adapter=args.adapter,
     )
     synth = Synth(backend, preset, sample_rate_hz=args.sample_rate, max_polyphony=args.polyphony,
@@ -172,7 +175,8 @@ def _play(args: argparse.Namespace) -> int:
                         ahead_frames=ahead, latency=latency, rt_priority=args.rt_priority)
     engine.start()
     print(f"playing {preset.name} on {_describe(backend)}: {where}; audio "
-          f"{args.sample_rate} Hz, {args.period}-frame periods, output latency "
+          f"{args.sample_rate} Hz, {args.period}-frame periods ({backend.block_frames}-frame "
+          f"blocks), output latency "
           f"{engine.output_latency_s * 1e3:.1f} ms + {engine.delay_frames / args.sample_rate * 1e3:.1f} ms "
           f"of ours" + (f"; render thread {engine.rt_status}" if args.rt_priority else "")
           + ". Ctrl-C stops.")
@@ -202,7 +206,9 @@ def _play(args: argparse.Namespace) -> int:
     st = engine.stats()
     rd = st["render_us"]
     budget_us = engine.ahead_frames / args.sample_rate * 1e6
-    print(f"stopped: {st['frames'] / args.sample_rate:.1f} s played, {st['underruns']} underruns, "
+    peak_dbfs = 20 * math.log10(max(st["peak"], 1e-12))
+    print(f"stopped: {st['frames'] / args.sample_rate:.1f} s played, peak {peak_dbfs:.1f} dBFS, "
+          f"{st['underruns']} underruns, "
           f"{st['xruns']} xruns, callback p99 {st['callback_us']['p99']:.0f} µs; a block took "
           f"{rd['median']:.0f} µs (median), {rd['p99.9']:.0f} µs (p99.9), {rd['max']:.0f} µs (max) "
           f"of its {budget_us:.0f} µs" + ("; raise --ahead-ms" if st["underruns"] else ""))
@@ -244,10 +250,11 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default=None, help="audio output (name or index)")
     pl.add_argument("--sample-rate", type=int, default=48_000, help="Hz (44100, 48000, 96000)")
     pl.add_argument("--period", type=int, default=128, help="audio frames per callback (32..1024)")
-    pl.add_argument("--block", type=int, default=128,
-                    help="frames the engine renders at a time; below --period (e.g. 32 or 64) "
-                    "the GPU works on a period's earlier blocks while its later events arrive, "
-                    "and only the last block waits for the GPU inside the --ahead-ms budget")
+    pl.add_argument("--block", type=int, default=None,
+                    help="frames the engine renders at a time (default: half the period on a "
+                    "GPU, the period on the CPU); below --period the GPU works on a period's "
+                    "earlier blocks while its later events arrive, and only the last block "
+                    "waits for the GPU inside the --ahead-ms budget")
     pl.add_argument("--ahead-ms", type=float, default=None,
                     help="time the engine has to render a block (default: 4 ms, at least a "
                     "block); lower for less latency, raise if the stats show underruns")

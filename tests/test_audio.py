@@ -357,6 +357,55 @@ def test_a_vanished_device_is_survived(tmp_path):
     assert result["reopen"].startswith("error: could not open audio output"), result
 
 
+def test_live_blocks_are_half_the_period_on_a_gpu(adapter):
+    """Live play pipelines half-period blocks on a GPU backend and renders whole periods on the
+    CPU (engine/audio.py says why); ``open_backend`` gives each backend its block."""
+    from engine.audio import live_block_frames
+    from engine.backends import open_backend
+
+    assert [live_block_frames(p, gpu=True) for p in (32, 48, 64, 128, 256, 1024)] == [
+        32, 48, 32, 64, 128, 512]  # fmt: skip
+    assert [live_block_frames(p, gpu=False) for p in (32, 128, 1024)] == [32, 128, 1024]
+    sizes = {"grid_n": 16, "max_voices": 2, "block_frames": 128, "gpu_block_frames": 64}
+    assert open_backend("gpu", adapter=adapter.summary, **sizes).block_frames == 64
+    assert open_backend("cpu", **sizes).block_frames == 128
+
+
+def test_neirosynth_play_sounds_a_note_sent_to_its_virtual_midi_input(jack_output, capsys):
+    """``neirosynth play``, as a musician runs it: a virtual MIDI input named NeiroSynth (JACK
+    MIDI here), the JACK output, the shipped preset; a note sent to the port sounds (the stop
+    line's peak), the start line names the backend and its block."""
+    import rtmidi
+
+    from engine.cli import main
+
+    argv = ["play", "--backend", "cpu", "--device", str(jack_output), "--polyphony", "4",
+            "--seconds", "3"]  # fmt: skip
+    result: list[int] = []
+    player = threading.Thread(target=lambda: result.append(main(argv)))
+    player.start()
+    sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "keyboard")
+    try:
+        t_end = time.monotonic() + 30  # numba loads its cache first
+        while not (ports := [i for i, p in enumerate(sender.get_ports()) if "NeiroSynth" in p]):
+            assert time.monotonic() < t_end and player.is_alive(), "no NeiroSynth MIDI input"
+            time.sleep(0.1)
+        sender.open_port(ports[0])
+        time.sleep(0.3)
+        sender.send_message([0x90, 57, 110])
+        time.sleep(0.8)
+        sender.send_message([0x80, 57, 0])
+    finally:
+        sender.close_port()
+        player.join(timeout=30)
+    out = capsys.readouterr().out
+    print(out)
+    assert result == [0], out
+    assert "playing plate on the numba CPU backend" in out and "(128-frame blocks)" in out, out
+    peak = float(out.split("peak ")[1].split(" dBFS")[0])
+    assert -40.0 < peak < 0.0, out
+
+
 def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_output, tmp_path):
     """A real MIDI file, sent as real MIDI bytes through a JACK MIDI port into our virtual input,
     comes out of the audio callback at the right pitches."""
