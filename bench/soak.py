@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 RATE = 48_000
 
@@ -162,6 +163,8 @@ def main() -> None:
                     help="GPU backend: time each block's phases and its compute pass")
     ap.add_argument("--idle", action="store_true",
                     help="post no notes: the xruns of the device and this machine alone")
+    ap.add_argument("--probe", action="store_true",
+                    help="probe the host's own stalls beside the soak (bench/host_probe.py)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -243,6 +246,11 @@ def main() -> None:
         device = portaudio_jack_output()
         engine = LiveEngine(synth, device=device, period_frames=args.period, ahead_frames=args.ahead,
                             rt_priority=args.rt_priority, log_blocks=n_log)
+        probe = None
+        if args.probe:
+            from host_probe import HostProbe  # bench/
+
+            probe = HostProbe()
         engine.start()
         t_end = time.perf_counter() + args.minutes * 60
         loops = 0
@@ -269,6 +277,16 @@ def main() -> None:
         played_s = engine.stats()["frames"] / RATE
         ran = run_ns[: min(runs[0], n_log)]
         diagnosis = diagnose(engine, ran[ran[:, 0] > 0])
+        if probe is not None:
+            from host_probe import summary
+
+            stalls = probe.stop()
+            xr_t = engine.xrun_log[engine.xrun_log[:, 1] > 0, 1]
+            un_t = engine.underrun_log[engine.underrun_log[:, 1] > 0, 1]
+            for line in summary(stalls, probe.stopped_ns - probe.started_ns,
+                                {"xruns": xr_t, "underruns": un_t}):
+                print(line)
+                diagnosis.append(line)
         delay, ahead, rt_status = engine.delay_frames, engine.ahead_frames, engine.rt_status
         stats = engine.stats()
         engine.stop()
