@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results import publish  # bench/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -119,9 +121,7 @@ def main() -> None:
           for g, s, e, k, m, p, x, ps in rows],
         "",
     ])
-    if not args.no_write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n## bench/block_kernel.py\n\n" + text)
+    publish("block_kernel.py", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

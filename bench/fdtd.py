@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results import publish  # bench/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -342,14 +344,7 @@ def main() -> None:
         + ", ".join(f"{k} **{v * 1e3:.1f} ms**" for k, v in spsa.items() if v is not None),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        results = ROOT / "bench" / "RESULTS.md"
-        if not results.exists():
-            results.write_text("# Benchmark results\n\nAppended by the scripts in bench/.\n\n")
-        with results.open("a") as f:
-            f.write("## bench/fdtd.py\n\n" + text + "\n")
+    publish("fdtd.py", "\n".join(lines) + "\n", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ import platform
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from results import publish  # bench/results.py
+
 PERIOD_NS = 2_666_667
 
 
@@ -140,10 +140,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n## bench/gil_jitter.py\n\n" + text)
+    publish("gil_jitter.py", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

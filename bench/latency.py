@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results import publish  # bench/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -180,10 +182,7 @@ def main() -> None:
             f"{r['output_latency_ms']:.2f} | {r['underruns']} | {r['xruns']} | {r['callback_p99_us']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n## bench/latency.py\n\n" + text)
+    publish("latency.py", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results import publish  # bench/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -158,10 +160,7 @@ def main() -> None:
         for s, m, a, b, c, late in rows
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n## bench/roundtrip.py\n\n" + text)
+    publish("roundtrip.py", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

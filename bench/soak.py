@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results import publish  # bench/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -319,10 +321,7 @@ def main() -> None:
         *[f"    {line}" for line in diagnosis],
         "",
     ])
-    print(text)
-    if not args.no_write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n## bench/soak.py\n\n" + text)
+    publish("soak.py", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

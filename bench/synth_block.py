@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results import publish  # bench/results.py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -151,10 +153,7 @@ def main() -> None:
             f"{r['rest_median_us'] / c['rest_median_us']:.1f} | {c['total_median_us']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with (ROOT / "bench" / "RESULTS.md").open("a") as f:
-            f.write("\n## bench/synth_block.py\n\n" + text)
+    publish("synth_block.py", text, write=not args.no_write)
 
 
 if __name__ == "__main__":
