@@ -25,7 +25,11 @@ the default) a soak of 4 minutes had 2 xruns and 44 underruns (bench/RESULTS.md)
 soaks (``bench/soak.py --profile``) put the remaining misses on the host: the blocks that ran
 over had their buffer writes and submits take 4× their usual time, while callbacks came up to
 4 ms late — threads losing their cores, which ``rt_priority`` (SCHED_FIFO) is for where the
-system allows it. An underrun here is a block of silence we chose; an xrun is the device's.
+system allows it. On the lent GPU VMs the JACK dummy device itself has xruns with the engine
+idle (0–10 a minute, by host), and processes that only sleep 1 ms at a time wake up to 6 ms
+late (``bench/soak.py --idle --probe``); the GPU readback's polling does not delay a thread
+that needs the GIL measurably (``bench/gil_jitter.py``). An underrun here is a block of
+silence we chose; an xrun is the device's.
 
 Blocks shorter than the period: the render thread *begins* each block at its time
 (:meth:`~engine.synth.Synth.begin_block`: events applied, the GPU dispatch submitted) and then
@@ -59,7 +63,7 @@ The GIL: the callback needs it for the few microseconds of its copy, and CPython
 from a running thread to a waiting one only every ``sys.getswitchinterval()`` (5 ms by
 default: two periods at 128 frames). While a stream runs, :class:`LiveEngine` lowers the
 interval to 0.5 ms (restored by ``stop``); the numba kernel and the GPU wait release the GIL
-anyway.
+anyway. The render thread's sleeps have 1 µs of timer slack instead of Linux's 50 µs.
 
 Safety: a block that is not finite, or reaches full scale, is replaced by silence before it
 enters the ring, and the offending voices are reset by the synth's own guard; the synth's
