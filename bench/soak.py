@@ -263,14 +263,16 @@ def main() -> None:
                 wait_ns = at - time.perf_counter_ns()
                 if wait_ns > 0:  # a MIDI input thread wakes when a message comes, not before
                     time.sleep(wait_ns * 1e-9)
+                # stamped on posting, as MidiInput stamps a message on arrival (a stamp from
+                # the score would make every late wake of this thread a late event)
                 if ev.kind == "note_on":
-                    engine.post(("note_on", ev.note, ev.velocity, ev.channel), at)
+                    engine.post(("note_on", ev.note, ev.velocity, ev.channel))
                 elif ev.kind == "note_off":
-                    engine.post(("note_off", ev.note, ev.channel), at)
+                    engine.post(("note_off", ev.note, ev.channel))
                 elif ev.kind == "sustain":
-                    engine.post(("sustain", ev.value > 0.5, ev.channel), at)
+                    engine.post(("sustain", ev.value > 0.5, ev.channel))
                 elif ev.kind == "pitch_bend":
-                    engine.post(("pitch_bend", ev.value, ev.channel), at)
+                    engine.post(("pitch_bend", ev.value, ev.channel))
                 if time.perf_counter() >= t_end:
                     break
             loops += 1
