@@ -165,6 +165,9 @@ def main() -> None:
                     help="GPU backend: time each block's phases and its compute pass")
     ap.add_argument("--idle", action="store_true",
                     help="post no notes: the xruns of the device and this machine alone")
+    ap.add_argument("--overload-detection", action=argparse.BooleanOptionalAction, default=True,
+                    help="shed voices when the render falls behind (as `play`; the table "
+                    "counts them)")
     ap.add_argument("--probe", action="store_true",
                     help="probe the host's own stalls beside the soak (bench/host_probe.py)")
     ap.add_argument("--no-write", action="store_true")
@@ -247,7 +250,8 @@ def main() -> None:
 
         device = portaudio_jack_output()
         engine = LiveEngine(synth, device=device, period_frames=args.period, ahead_frames=args.ahead,
-                            rt_priority=args.rt_priority, log_blocks=n_log)
+                            rt_priority=args.rt_priority, log_blocks=n_log,
+                            overload_detection=args.overload_detection)
         probe = None
         if args.probe:
             from host_probe import HostProbe  # bench/
@@ -311,9 +315,10 @@ def main() -> None:
         f"{ahead} frames to render a block); render thread {rt_status}, jackd "
         f"{'--realtime' if args.jack_realtime else '--no-realtime'}.",
         "",
-        "| xruns | underruns | late events | silenced (non-finite/full-scale) blocks | peak dBFS | callback µs min/median/p99/p99.9/max | callback later than the clock µs median/p99/p99.9/max | render µs min/median/p99/p99.9/max | of it backend.run µs median/p99 |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {stats['xruns']} | {stats['underruns']} | {stats['late_events']} | {stats['silenced_blocks']} | "
+        "| xruns | underruns | late events | voices shed (overload) | silenced (non-finite/full-scale) blocks | peak dBFS | callback µs min/median/p99/p99.9/max | callback later than the clock µs median/p99/p99.9/max | render µs min/median/p99/p99.9/max | of it backend.run µs median/p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {stats['xruns']} | {stats['underruns']} | {stats['late_events']} | "
+        f"{stats['shed_voices'] if args.overload_detection else 'off'} | {stats['silenced_blocks']} | "
         f"{20 * np.log10(max(stats['peak'], 1e-12)):.1f} | "
         f"{cb['min']:.0f}/{cb['median']:.0f}/{cb['p99']:.0f}/{cb['p99.9']:.0f}/{cb['max']:.0f} | "
         f"{late['median']:.0f}/{late['p99']:.0f}/{late['p99.9']:.0f}/{late['max']:.0f} | "

@@ -65,6 +65,11 @@ default: two periods at 128 frames). While a stream runs, :class:`LiveEngine` lo
 interval to 0.5 ms (restored by ``stop``); the numba kernel and the GPU wait release the GIL
 anyway. The render thread's sleeps have 1 µs of timer slack instead of Linux's 50 µs.
 
+Overload: a machine too slow for the notes being played (two CPU cores and many high,
+oversampled voices) would miss every deadline; instead the least-missed voice fades out and
+new notes steal beyond one voice fewer, until the render thread has room again
+(:mod:`engine.overload`, ``overload_detection``).
+
 Safety: a block that is not finite, or reaches full scale, is replaced by silence before it
 enters the ring, and the offending voices are reset by the synth's own guard; the synth's
 limiter keeps the mix below full scale.
@@ -91,6 +96,7 @@ from typing import Any
 
 import numpy as np
 
+from .overload import SHED, OverloadGuard
 from .synth import Synth
 
 __all__ = [
@@ -116,6 +122,9 @@ _REANCHOR_NS = 20_000_000
 DEFAULT_AHEAD_S = 0.004
 #: GIL switch interval while a stream runs (CPython's default is 5 ms).
 _SWITCH_INTERVAL_S = 0.0005
+#: Overload detection allows one more voice after this long with the render thread idle half
+#: the time or more.
+_RELAX_S = 2.0
 #: A device whose callback has not come for this long is taken for lost.
 _LOST_AFTER_NS = 500_000_000
 
@@ -303,6 +312,10 @@ class LiveEngine:
             Linux only; ``None`` (the default) leaves the scheduling alone.
         log_blocks: how many blocks :attr:`render_log` and callbacks :attr:`callback_ns`
             keep (a power of two; the benchmarks keep a whole run).
+        overload_detection: when the render thread is busy more than 85% of the time over
+            the last 32 blocks, fade out the least-missed voice and play one voice fewer;
+            allow one more after 2 s under 50% (:mod:`engine.overload`). ``False``: play
+            every voice and let blocks go silent when the machine falls behind.
 
     Methods other than the callback may be called from any thread except where stated.
     """
@@ -321,6 +334,7 @@ class LiveEngine:
         router=None,
         rt_priority: int | None = None,
         log_blocks: int = 4096,
+        overload_detection: bool = True,
     ) -> None:
         if not 32 <= period_frames <= 1024:
             raise ValueError(f"period_frames={period_frames} outside 32..1024")
@@ -364,6 +378,15 @@ class LiveEngine:
             - math.gcd(self.block_frames, period_frames)
         )
         self.ahead_frames = ahead_frames
+        self._guard: OverloadGuard | None = None
+        if overload_detection:
+            block_s = self.block_frames / self.sample_rate_hz
+            self._guard = OverloadGuard(
+                min(self.block_frames, ahead_frames) / self.sample_rate_hz * 1e9,
+                relax_blocks=max(1, round(_RELAX_S / block_s)),
+            )
+        #: voices faded out because the machine fell behind (overload detection)
+        self.shed_voices = 0
         self.ring = RingBuffer(self.delay_frames + self.block_frames + period_frames)
         self._events: deque[tuple[int, tuple]] = deque(maxlen=4096)
         #: (output frame, event) of the last events the render thread applied
@@ -572,7 +595,8 @@ class LiveEngine:
     def stats(self) -> dict[str, float]:
         """Underruns, xruns, and the callback's and the render's time (µs) over the whole run:
         min, median, p99, p99.9, max (percentiles within ±3%: :class:`DurationHistogram`);
-        ``callback_late_us``: how much later than the clock the callbacks came."""
+        ``callback_late_us``: how much later than the clock the callbacks came;
+        ``shed_voices`` and ``voice_limit``: overload detection's doing."""
 
         def pct(h: DurationHistogram) -> dict[str, float]:
             return {
@@ -591,6 +615,8 @@ class LiveEngine:
             "late_events": self.late_events,
             "bad_events": self.bad_events,
             "silenced_blocks": self.silenced_blocks,
+            "shed_voices": self.shed_voices,
+            "voice_limit": self.synth.voice_limit or len(self.synth.voices),
             "peak": self.peak,
             "device_errors": self.device_errors,
             "callback_us": pct(self._cb_hist),
@@ -765,9 +791,29 @@ class LiveEngine:
                 self._write_block(self._silence)
         i = self._render_count & self._log_mask
         t1 = time.perf_counter_ns()
+        if self._guard is not None:
+            verdict = self._guard.observe(t1 - t0)
+            if verdict:
+                self._follow_load(verdict)
         self._render_hist.add((t1 - t0) * 1e-3)
         self.render_log[i] = (start, due if math.isfinite(due) else 0, t0, t1)
         self._render_count += 1
+
+    def _follow_load(self, verdict: int) -> None:
+        """Shed a voice and play one fewer (``SHED``), or allow one more (``GROW``)."""
+        synth = self.synth
+        if verdict == SHED:
+            sounding = synth.active_voices
+            if sounding <= 1:
+                return
+            synth.shed_voice(0)
+            synth.set_voice_limit(sounding - 1)
+            self.shed_voices += 1
+            log.info(
+                "overload: render thread busy %.0f%% of the time; fading out a voice, playing "
+                "at most %d", self._guard.utilisation * 100, sounding - 1)
+        elif synth.voice_limit is not None:
+            synth.set_voice_limit(synth.voice_limit + 1)
 
     def _apply_events(self, start: int, end: int) -> None:
         """Hand the synth every event that falls in device frames ``[start, end)``."""

@@ -172,7 +172,8 @@ def _play(args: argparse.Namespace) -> int:
     except ValueError:
         latency = args.latency
     engine = LiveEngine(synth, device=device, period_frames=args.period, midi=midi,
-                        ahead_frames=ahead, latency=latency, rt_priority=args.rt_priority)
+                        ahead_frames=ahead, latency=latency, rt_priority=args.rt_priority,
+                        overload_detection=args.overload_detection)
     engine.start()
     print(f"playing {preset.name} on {_describe(backend)}: {where}; audio "
           f"{args.sample_rate} Hz, {args.period}-frame periods ({backend.block_frames}-frame "
@@ -211,7 +212,9 @@ def _play(args: argparse.Namespace) -> int:
           f"{st['underruns']} underruns, "
           f"{st['xruns']} xruns, callback p99 {st['callback_us']['p99']:.0f} µs; a block took "
           f"{rd['median']:.0f} µs (median), {rd['p99.9']:.0f} µs (p99.9), {rd['max']:.0f} µs (max) "
-          f"of its {budget_us:.0f} µs" + ("; raise --ahead-ms" if st["underruns"] else ""))
+          f"of its {budget_us:.0f} µs" + ("; raise --ahead-ms" if st["underruns"] else "")
+          + (f"; {st['shed_voices']} voices faded out for want of time (fewer --polyphony, or "
+             "a faster backend)" if st["shed_voices"] else ""))
     return 0
 
 
@@ -261,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--rt-priority", type=int, default=None,
                     help="run the render thread under SCHED_FIFO at this priority (1..99, below "
                     "JACK's; needs realtime rights, e.g. the audio group's rtprio)")
+    pl.add_argument("--overload-detection", action=argparse.BooleanOptionalAction, default=True,
+                    help="when the machine cannot render every voice in time, fade out the "
+                    "least-missed voice and play fewer rather than drop out (default: on)")
     pl.add_argument("--latency", default="low",
                     help="PortAudio's suggested output latency: seconds, 'low' or 'high'")
     pl.add_argument("--polyphony", type=int, default=16, help="most voices at once")

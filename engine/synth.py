@@ -68,6 +68,10 @@ Per voice:
   zero over the same 3 ms from the event's sample (a voice already fading keeps its fade), its
   pending note is dropped, the channel's pedal is lifted, and the voice is freed at the first
   block boundary after the fade. All notes off (CC123) only releases.
+* **Shedding** (:meth:`Synth.shed_voice`, :meth:`Synth.set_voice_limit`) — when the live engine
+  finds the machine cannot render every voice in time it fades out, the same way, the voice a
+  steal would take, and lowers the number of voices a new note may add to (beyond it, a note
+  steals); ``stats["shed"]`` counts them.
 
 The mix is summed, DC-blocked (a free body can drift) and soft-limited so it never reaches
 full scale.
@@ -365,7 +369,10 @@ class Synth:
         self._dc_y = np.zeros(2)
         self._dc_r = math.exp(-2.0 * math.pi * 8.0 / self.sample_rate_hz)
         self._blk: _Block | None = None
-        self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0, "stand_in_bodies": 0}
+        self.stats = {"notes": 0, "stolen": 0, "refused": 0, "clamped": 0, "stand_in_bodies": 0,
+                      "shed": 0}
+        #: at most this many voices sound (a new note beyond it steals); ``None``: the polyphony
+        self.voice_limit: int | None = None
         # the body's lowest mode for the preset's own morph and boundary (an eigen-solve of
         # ~50 ms): now, not at the first note
         self._body(self.base_params)
@@ -424,6 +431,20 @@ class Synth:
         from ``offset`` (no click) and are then freed; notes waiting to start on them are
         dropped and the channel's sustain pedal is lifted."""
         self._queue(_Pending(offset, "sound_off", 0, channel))
+
+    def shed_voice(self, offset: int = 0) -> None:
+        """Fade out for good, from ``offset``, the voice a steal would take (the oldest released,
+        else the quietest): what the live engine does when the machine cannot render every
+        voice in time (engine/overload.py). Nothing happens if every voice is fading already."""
+        self._queue(_Pending(offset, "shed", 0, 0))
+
+    def set_voice_limit(self, limit: int | None) -> None:
+        """Let at most ``limit`` voices sound: a note struck with that many sounding steals
+        one (as at full polyphony) instead of taking a free voice. ``None``: the polyphony.
+        Voices sounding beyond a new limit play on; :meth:`shed_voice` fades them."""
+        if limit is not None and not 1 <= int(limit) <= len(self.voices):
+            raise ValueError(f"voice limit {limit}: expected 1..{len(self.voices)} or None")
+        self.voice_limit = None if limit is None or int(limit) >= len(self.voices) else int(limit)
 
     def set_morph(self, weight: float | None, offset: int = 0) -> None:
         """Override the ``morph`` parameter (0..1: from the preset's map to the morph target's)
@@ -739,7 +760,7 @@ class Synth:
         note, ch, vel = ev.a, ev.b, ev.value
         blk = self._blk
         at = blk.t0 + offset
-        v, kind = self._pool.allocate(note, ch)
+        v, kind = self._pool.allocate(note, ch, self.voice_limit)
         stolen = kind == "steal" and not v.stopping  # a voice fading out for good is no loss
         if kind == "retrigger" and v.pending is not None:
             t = self._plan(note, ch, vel, ev.params, v.pending.steps)
@@ -870,6 +891,11 @@ class Synth:
             for v in self.voices:
                 if v.active and v.channel == ch and not v.stopping:
                     self._sound_off(v, offset)
+        elif ev.kind == "shed":
+            v = self._pool.shed_candidate()
+            if v is not None:
+                self.stats["shed"] += 1
+                self._sound_off(v, offset)
         elif ev.kind == "morph":
             self._morph_override = None if math.isnan(ev.value) else ev.value
             for v in self.voices:

@@ -30,6 +30,10 @@ first block boundary at or after the sample where its fade ends.
 Times are absolute sample numbers (the synth's clock). Not thread-safe: the render thread
 only.
 
+**Shedding.** When the machine cannot render every voice in time, the engine fades out the
+voice :meth:`VoicePool.shed_candidate` names (the one stealing would take, among voices not
+already fading) and passes a lower ``limit`` to :meth:`VoicePool.allocate` for a while.
+
 Public API: ``Voice``, ``VoicePool``, ``AllocKind``, ``FREE_LEVEL``, ``QUIET_MARGIN_DB``.
 """
 
@@ -112,17 +116,20 @@ class VoicePool(Generic[V]):
 
     # ---- choosing a voice -------------------------------------------------------------------
 
-    def allocate(self, note: int, channel: int) -> tuple[V, AllocKind]:
+    def allocate(self, note: int, channel: int, limit: int | None = None) -> tuple[V, AllocKind]:
         """The voice for a new ``note`` on ``channel`` and how it is taken (module docstring).
+        With ``limit`` voices or more sounding, a busy voice is stolen even if others are free
+        (the engine lowers the limit when the machine cannot keep up: engine/overload.py).
 
         Changes nothing: the caller calls :meth:`start` once the note is placed.
         """
         for v in self.voices:  # the same note retriggered reuses its voice
             if v.active and not v.stopping and v.note == note and v.channel == channel:
                 return v, "retrigger"
-        for v in self.voices:
-            if not v.active:
-                return v, "free"
+        if limit is None or self.active_count < limit:
+            for v in self.voices:
+                if not v.active:
+                    return v, "free"
         return self.victim(), "steal"
 
     def victim(self) -> V:
@@ -132,6 +139,18 @@ class VoicePool(Generic[V]):
         stopping = [v for v in busy if v.stopping]
         if stopping:
             return min(stopping, key=lambda v: v.silent_at)
+        return self._least_missed(busy)
+
+    def shed_candidate(self) -> V | None:
+        """The sounding voice to fade out for good when the machine cannot keep up (the
+        oldest released, else the quietest, then oldest); ``None`` if every active voice is
+        already fading out."""
+        busy = [v for v in self.voices if v.active and not v.stopping]
+        return self._least_missed(busy) if busy else None
+
+    def _least_missed(self, busy: list[V]) -> V:
+        """Of ``busy`` voices: the oldest released, else the quietest (within the margin),
+        then the oldest."""
         released = [v for v in busy if v.released]
         if released:
             return min(released, key=lambda v: v.released_at)

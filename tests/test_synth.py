@@ -100,6 +100,45 @@ def test_retrigger_reuses_the_voice_and_stealing_takes_the_oldest(seed):
     assert sorted(v.note for v in s.voices if v.active) == [62, 64, 67]
 
 
+def test_shedding_fades_the_least_missed_voice_and_a_voice_limit_makes_notes_steal(seed):
+    """``shed_voice`` fades out (as a steal fades) the voice a steal would take, from its sample,
+    leaving everything before it untouched; ``set_voice_limit`` makes a new note steal once
+    that many voices sound, and ``None`` lifts it."""
+    rng = np.random.default_rng(seed)
+    s = synth(rng, voices=4)
+    ref = Synth(CpuFdtd(32, 4, 128, dtype=np.float64), s.preset, sample_rate_hz=RATE)
+    for x in (s, ref):
+        x.note_on(57, 80)
+        x.note_on(64, 80, offset=5)
+        x.note_on(69, 80, offset=9)
+    y = [render(x, 6) for x in (s, ref)]
+    for x in (s, ref):
+        x.note_off(64, offset=0)
+    y = [np.concatenate([a, render(x, 4)]) for a, x in zip(y, (s, ref))]
+    k = int(rng.integers(0, 128))
+    s.shed_voice(offset=k)
+    y = [np.concatenate([a, render(x, 4)]) for a, x in zip(y, (s, ref))]
+    at = 10 * 128 + k
+    np.testing.assert_array_equal(y[0][:at], y[1][:at], err_msg=f"seed={seed}: before the shed")
+    assert np.abs(y[0][at + 200 :] - y[1][at + 200 :]).max() > 0, f"seed={seed}: nothing shed"
+    assert sorted(v.note for v in s.voices if v.active) == [57, 69], "the released note went"
+    assert s.stats["shed"] == 1 and s.stats["stolen"] == 0
+    s.set_voice_limit(2)
+    s.note_on(72, 80)
+    render(s, 4)
+    assert s.active_voices == 2 and s.stats["stolen"] == 1, "at the limit a new note steals"
+    assert 72 in [v.note for v in s.voices if v.active]
+    s.set_voice_limit(None)
+    s.note_on(74, 80)
+    render(s, 2)
+    assert s.active_voices == 3 and s.stats["stolen"] == 1
+    s.set_voice_limit(4)
+    assert s.voice_limit is None, "the whole polyphony is no limit"
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=f"voice limit {bad}: expected 1..4"):
+            s.set_voice_limit(bad)
+
+
 def test_pitch_bend_moves_the_pitch(seed):
     rng = np.random.default_rng(seed)
     s = synth(rng, voices=1)

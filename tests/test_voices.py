@@ -141,3 +141,24 @@ def test_a_stopped_voice_is_freed_at_the_first_block_boundary_after_its_fade():
     assert pool.observe(v, 0.3, 256, 384), "this block reaches the end of the fade"
     assert not v.active and not v.stopping
     assert pool.allocate(60, 0) == (v, "free")
+
+
+def test_a_voice_limit_steals_before_taking_a_free_voice():
+    pool = pool_of([held(60, 0, 1.0), held(62, 10, 0.01), {}, {}])
+    assert pool.allocate(70, 0) == (pool[2], "free")
+    assert pool.allocate(70, 0, limit=3) == (pool[2], "free"), "two sounding: room for a third"
+    assert pool.allocate(70, 0, limit=2) == (pool[1], "steal"), "at the limit the quietest goes"
+    assert pool.allocate(62, 0, limit=1) == (pool[1], "retrigger"), "a retrigger adds no voice"
+
+
+def test_the_voice_to_shed_is_the_one_a_steal_would_take_among_those_not_fading():
+    fading = dict(held(60, 0), released=True, released_at=5, stopping=True, silent_at=300)
+    pool = pool_of([fading, held(64, 20, 0.01), let_go(62, 10, 50), held(65, 30, 0.9), {}])
+    assert pool.victim() is pool[0], "a steal takes the fading voice first"
+    assert pool.shed_candidate() is pool[2], "shedding skips it: the released voice"
+    pool.stop(pool[2], at=60, silent_at=204)
+    assert pool.shed_candidate() is pool[1], "then the quietest"
+    pool.stop(pool[1], at=70, silent_at=214)
+    assert pool.shed_candidate() is pool[3]
+    pool.stop(pool[3], at=80, silent_at=224)
+    assert pool.shed_candidate() is None, "every voice is fading already"
