@@ -168,22 +168,57 @@ def device_lag_ms(engine, since_ns: int) -> float:
 CLEAN_LAG_MS = 7.0
 
 
-def clean_device_run(measure, attempts: int = 4):
+def idle_device_stalls(device: int, seconds: float = 2.0) -> tuple[int, float]:
+    """The device with nothing of ours on it: a stream whose callback only writes zeros, for
+    ``seconds``; returns its xruns and how far (ms) its pace strayed from real time (as
+    :func:`device_lag_ms`)."""
+    import sounddevice as sd
+
+    starts: list[int] = []
+    xruns = [0]
+
+    def callback(outdata, frames, t, status) -> None:
+        starts.append(time.perf_counter_ns())
+        xruns[0] += bool(status.output_underflow)
+        outdata.fill(0.0)
+
+    with sd.OutputStream(samplerate=48_000, blocksize=128, device=device, channels=2,
+                         dtype="float32", callback=callback):  # fmt: skip
+        time.sleep(0.5)  # past the stream's start
+        del starts[:]
+        xruns[0] = 0
+        time.sleep(seconds)
+    t = np.array(starts[1:], np.int64)
+    r = t - np.arange(len(t)) * (128 * 1e9 / 48_000)
+    return xruns[0], float(r.max() - r.min()) / 1e6 if len(r) > 1 else 0.0
+
+
+def clean_device_run(measure, device: int, attempts: int = 4):
     """``measure()`` returns ``(result, stalls during the measured window)``; run it until the
     JACK dummy device kept real time throughout (no xrun in the window, and its pace within
     :data:`CLEAN_LAG_MS` of real time: :func:`device_lag_ms`) and return that result. On a
     loaded machine the dummy driver's cycles stall now and then, and a device that skips or
-    falls behind time cannot keep wall-clock spacing, whatever the engine does. Fails when no
-    attempt ran clean."""
-    seen = []
+    falls behind time cannot keep wall-clock spacing, whatever the engine does.
+
+    After each attempt that stalled, the device is measured for 2 s with nothing of ours
+    playing (:func:`idle_device_stalls`). When no attempt ran clean: if the idle device
+    stalled too, this machine cannot keep real time now and the test is skipped, naming the
+    measurements; if it kept time every time while the engine's attempts all stalled, the
+    stalls came with the engine, and the test fails."""
+    seen, idle = [], []
     for _ in range(attempts):
         result, xruns = measure()
         if xruns == 0:
             return result
         seen.append(xruns)
-    pytest.fail(f"the JACK dummy device (or this machine) stalled in each of {attempts} "
-                f"attempts (xruns, underruns or a device behind real time: {seen}): this machine is too "
-                "loaded to measure timing")
+        idle.append(idle_device_stalls(device))
+    what = (f"the JACK dummy device stalled in each of {attempts} attempts (xruns, underruns or "
+            f"a device behind real time: {seen}); with nothing of ours playing, 2 s after each: "
+            + ", ".join(f"{x} xruns and {lag:.1f} ms off real time" for x, lag in idle))
+    if any(x or lag > CLEAN_LAG_MS for x, lag in idle):
+        pytest.skip(f"{what}: this machine cannot keep real time now, so timing cannot be "
+                    "measured on it")
+    pytest.fail(f"{what}: the device keeps time alone, so the stalls came with the engine")
 
 
 @pytest.mark.parametrize("block", [128, 32])
@@ -214,7 +249,7 @@ def test_events_keep_their_spacing_to_the_sample(jack_output, block):
         lagged = device_lag_ms(engine, t) > CLEAN_LAG_MS
         return engine, engine.xruns - xruns + engine.underruns + lagged
 
-    engine = clean_device_run(measure)
+    engine = clean_device_run(measure, jack_output)
     (f1, e1), (f2, e2) = list(engine.event_log)
     assert (e1[1], e2[1]) == (60, 67)
     assert engine.stats()["late_events"] == 0, f"the render thread fell behind: {engine.stats()}"
@@ -504,7 +539,7 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
             midi.close()
         return engine, engine.xruns - xruns + (device_lag_ms(engine, since) > CLEAN_LAG_MS)
 
-    engine = clean_device_run(measure)
+    engine = clean_device_run(measure, jack_output)
     ons = [(frame, ev[3]) for frame, ev in engine.event_log if ev[0] == "midi" and ev[1] == 1]
     assert [n for _, n in ons] == [57, 64, 69], list(engine.event_log)
     audio = engine.captured[:, 0]
