@@ -527,19 +527,25 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
             xruns = engine.xruns
             since = time.perf_counter_ns()
             t0 = time.perf_counter()
+            sent_ns = []  # when each note on left: this thread may wake late on a busy machine
             for ev in score.events:
                 while time.perf_counter() - t0 < ev.sample / 48_000:
                     time.sleep(0.0005)
                 status = 0x90 if ev.kind == "note_on" else 0x80
                 sender.send_message([status | ev.channel, ev.note, ev.velocity])
+                if ev.kind == "note_on":
+                    sent_ns.append(time.perf_counter_ns())
             time.sleep(0.4)
         finally:
             sender.close_port()
             engine.stop()
             midi.close()
-        return engine, engine.xruns - xruns + (device_lag_ms(engine, since) > CLEAN_LAG_MS)
+        stalls = engine.xruns - xruns + (device_lag_ms(engine, since) > CLEAN_LAG_MS)
+        # a sender woken over 20 ms late made a window that measures this machine, not us
+        stalls += int(np.any(np.abs(np.diff(sent_ns) * 48e-6 - 28_800) > 960))
+        return (engine, sent_ns), stalls
 
-    engine = clean_device_run(measure, jack_output)
+    engine, sent_ns = clean_device_run(measure, jack_output)
     ons = [(frame, ev[3]) for frame, ev in engine.event_log if ev[0] == "midi" and ev[1] == 1]
     assert [n for _, n in ons] == [57, 64, 69], list(engine.event_log)
     audio = engine.captured[:, 0]
@@ -547,11 +553,15 @@ def test_a_midi_file_played_through_jack_midi_sounds_at_the_right_pitches(jack_o
     for frame, note in ons:
         y = audio[frame + 480 : frame + 480 + 19_200]  # 0.4 s from 10 ms after the strike
         assert abs(cents(fundamental_hz(y, 48_000), note_to_hz(note))) < 3.0, f"note {note}"
-    # JACK hands MIDI over once per process cycle (256 frames here) and the sender sleeps in
-    # Python: the spacing holds to about a cycle (the exact mapping is tested above)
+    # the notes keep the spacing they were sent with (0.6 s, give or take this thread's
+    # wake-ups), to about a JACK process cycle (256 frames here), in which JACK hands MIDI over
+    # (the exact mapping of an arrival to its frame is tested above)
     gaps = np.diff([f for f, _ in ons])
-    assert np.all(np.abs(gaps - 28_800) < 512), (
-        f"notes 0.6 s apart landed {gaps} frames apart; {engine.stats()}; {list(engine.event_log)}"
+    sent_gaps = np.diff(sent_ns) * 48_000 / 1e9
+    assert np.all(np.abs(sent_gaps - 28_800) < 4_800), f"the sender was late: {sent_gaps}"
+    assert np.all(np.abs(gaps - sent_gaps) < 512), (
+        f"notes sent {sent_gaps} frames apart landed {gaps} frames apart; {engine.stats()}; "
+        f"{list(engine.event_log)}"
     )
 
 
