@@ -87,17 +87,27 @@ def test_live_note_plays_in_tune_at_real_pace(jack_output):
     engine.stop()
     print(stats)
     assert render_slack_ns == 1_000
-    # the callback ran at the device's pace: frames consumed ≈ wall time × rate
-    assert 0.8 < stats["frames"] / (elapsed * 48_000) < 1.2, stats
     assert stats["silenced_blocks"] == 0 and stats["device_errors"] == 0, stats
-    # callbacks come no earlier than the clock, and on average within a few periods of it
-    late = stats["callback_late_us"]
-    assert 0.0 <= late["min"] <= late["median"] < 4 * 128 / 48_000 * 1e6, stats
     audio = engine.captured
     assert np.all(np.isfinite(audio)) and 1e-3 < np.abs(audio).max() < 1.0
     onset = int(np.argmax(np.abs(audio[:, 0]) > 1e-4))
     y = audio[onset : onset + 48_000, 0]
     assert abs(cents(fundamental_hz(y, 48_000), note_to_hz(57))) < 3.0
+    # callbacks come no earlier than the clock
+    late = stats["callback_late_us"]
+    assert 0.0 <= late["min"] <= late["median"], stats
+    # the callback ran at the device's pace (frames consumed ≈ wall time × rate), on average
+    # within a few periods of the clock — unless the device cannot keep time by itself here
+    pace = stats["frames"] / (elapsed * 48_000)
+    if not (0.8 < pace < 1.2 and late["median"] < 4 * 128 / 48_000 * 1e6):
+        idle_xruns, idle_lag_ms = idle_device_stalls(jack_output)
+        if idle_xruns or idle_lag_ms > CLEAN_LAG_MS:
+            pytest.skip(f"pace {pace:.2f}, callbacks {late['median']:.0f} µs late (median); with "
+                        f"nothing of ours playing the device had {idle_xruns} xruns in 2 s and "
+                        f"strayed {idle_lag_ms:.1f} ms from real time: this machine cannot keep "
+                        "real time now")
+    assert 0.8 < pace < 1.2, stats
+    assert late["median"] < 4 * 128 / 48_000 * 1e6, stats
 
 
 def test_render_thread_asks_for_realtime_scheduling(jack_output):
